@@ -1,0 +1,82 @@
+"""Writing artifacts so that a stage killed midway leaves nothing a later stage could consume.
+
+Every output is written under a temporary sibling name and moved into place with one
+``os.replace`` once it is complete; leftovers of a killed run are removed on the next write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def atomic_output(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write ``final`` to; move it into place only if the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        _remove(stale)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    _remove(tmp)
+    try:
+        yield tmp
+        if final.exists() or final.is_symlink():
+            _remove(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            _remove(tmp)
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON, atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def write_zarr_arrays(
+    group: zarr.Group, arrays: dict[str, np.ndarray], rows_per_chunk: int = 4096
+) -> None:
+    """Store each array in ``group``, chunked along the first axis (the sample axis)."""
+    for name, values in arrays.items():
+        values = np.ascontiguousarray(values)
+        chunks = (max(1, min(rows_per_chunk, values.shape[0])),) + values.shape[1:]
+        arr = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks)
+        if values.size:
+            arr[...] = values
+
+
+def save_zarr(
+    path: str | Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any] | None = None,
+    rows_per_chunk: int = 4096,
+) -> None:
+    """Write a zarr group holding ``arrays`` and ``attrs`` atomically."""
+    with atomic_output(path) as tmp:
+        group = zarr.open_group(str(tmp), mode="w")
+        write_zarr_arrays(group, arrays, rows_per_chunk)
+        if attrs:
+            group.attrs.update(attrs)
+
+
+def open_zarr(path: str | Path, what: str) -> zarr.Group:
+    """Open an existing zarr group read-only, or fail saying which stage produces it."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise FileNotFoundError(f"{path} is missing or incomplete: run `dvc repro` to build {what}")
+    return zarr.open_group(str(path), mode="r")

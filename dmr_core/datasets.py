@@ -1,0 +1,292 @@
+"""Reading the ID and OOD image sets into uint8 arrays (N×32×32×3).
+
+Offline, sets come from the uncompressed tars in ``$DMR_DATA_HOME`` (layout
+``<set>/<split>/[<class>/]<file>``), read member by member in memory, never extracted. Online, they
+come from torchvision / pytorch-ood downloads into ``$DMR_CACHE``. Gaussian-noise sets are generated.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tarfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
+IMAGE_SIZE = 32
+
+# archive file and its top folder, per offline set
+OFFLINE_ARCHIVES = {
+    "cifar10": ("cifar10.tar", "cifar10"),
+    "textures_partial": ("textures_partial.tar", "textures"),
+    "icons": ("icons.tar", "icons"),
+    "scenes_crop": ("scenes_crop.tar", "scenes_crop"),
+}
+
+
+class DataError(ValueError):
+    """A dataset that is missing, corrupt, or holds content that cannot be used."""
+
+
+@dataclass
+class ImageSet:
+    """Images (uint8 N×32×32×3), integer labels (-1 for OOD) and what was skipped while reading."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    source: str
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def data_home() -> Path | None:
+    home = os.environ.get("DMR_DATA_HOME")
+    return Path(home) if home else None
+
+
+def download_dir() -> Path:
+    return Path(os.environ.get("DMR_CACHE", Path.home() / ".cache" / "dmr-pipeline")) / "downloads"
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _safe_member_path(member: tarfile.TarInfo, archive: Path) -> PurePosixPath:
+    path = PurePosixPath(member.name)
+    if path.is_absolute() or ".." in path.parts:
+        raise DataError(f"{archive}: member {member.name!r} has an absolute or '..' path; refusing to read this archive")
+    return path
+
+
+def _decode_image(payload: bytes) -> tuple[np.ndarray | None, str | None]:
+    """Decode one image to 32×32 RGB; returns (array, None) or (None, reason-for-skip)."""
+    try:
+        with Image.open(io.BytesIO(payload)) as img:
+            img.load()
+            if img.size != (IMAGE_SIZE, IMAGE_SIZE):
+                return None, "wrong_size"
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            return np.asarray(img, dtype=np.uint8), None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None, "undecodable"
+
+
+def read_tar_split(
+    archive: Path,
+    top: str,
+    split: str,
+    class_names: tuple[str, ...] | None,
+    per_class: int = 0,
+    max_images: int = 0,
+    seed: int = 0,
+) -> ImageSet:
+    """Read ``<top>/<split>/...`` images from ``archive``.
+
+    With ``class_names`` the layout is ``<top>/<split>/<class>/<file>`` and labels index ``class_names``;
+    a folder not in the list is an error, as is a class without images. Without it every image is
+    OOD (label -1). ``per_class`` / ``max_images`` (0 = all) take a seeded random subset.
+    Files that are not images, or not 32×32, are skipped and counted in ``skipped``.
+    """
+    if not archive.is_file():
+        raise DataError(f"{archive} not found")
+    prefix = PurePosixPath(top, split)
+    entries: list[tuple[PurePosixPath, tarfile.TarInfo]] = []
+    skipped: Counter[str] = Counter()
+    try:
+        with tarfile.open(archive, mode="r:") as tar:
+            for member in tar:
+                path = _safe_member_path(member, archive)
+                if not member.isfile() or path.parts[: len(prefix.parts)] != prefix.parts:
+                    continue
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    skipped["not_an_image"] += 1
+                    continue
+                entries.append((path, member))
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise DataError(f"{archive} is truncated or not a tar archive ({err}); download or copy it again") from None
+
+    groups: dict[str, list[tuple[PurePosixPath, tarfile.TarInfo]]] = {}
+    depth = len(prefix.parts)
+    for path, member in entries:
+        if class_names is None:
+            groups.setdefault("", []).append((path, member))
+            continue
+        if len(path.parts) != depth + 2:
+            raise DataError(f"{archive}: {path} is not inside a class folder ({prefix}/<class>/<file>)")
+        label = path.parts[depth]
+        if label not in class_names:
+            raise DataError(f"{archive}: folder {label!r} is not one of the classes {list(class_names)}")
+        groups.setdefault(label, []).append((path, member))
+    if class_names is not None:
+        empty = [c for c in class_names if not groups.get(c)]
+        if empty:
+            raise DataError(f"{archive}: class(es) {empty} have no images under {prefix}/")
+    elif not groups:
+        raise DataError(f"{archive}: no images under {prefix}/")
+
+    rng = np.random.default_rng(seed)
+    chosen: list[tuple[int, tarfile.TarInfo]] = []
+    for label_name in (class_names or ("",)):
+        members = sorted(groups[label_name], key=lambda pm: _natural_key(str(pm[0])))
+        limit = per_class if class_names is not None else max_images
+        if limit and limit < len(members):
+            keep = np.sort(rng.choice(len(members), size=limit, replace=False))
+            members = [members[i] for i in keep]
+        label = class_names.index(label_name) if class_names is not None else -1
+        chosen += [(label, m) for _, m in members]
+
+    images, labels = [], []
+    try:
+        with tarfile.open(archive, mode="r:") as tar:
+            for label, member in chosen:
+                handle = tar.extractfile(member)
+                if handle is None:
+                    skipped["unreadable"] += 1
+                    continue
+                array, reason = _decode_image(handle.read())
+                if reason:
+                    skipped[reason] += 1
+                    continue
+                images.append(array)
+                labels.append(label)
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise DataError(f"{archive} is truncated or corrupt ({err}); download or copy it again") from None
+    if class_names is not None:
+        present = set(labels)
+        empty = [c for i, c in enumerate(class_names) if i not in present]
+        if empty:
+            raise DataError(f"{archive}: class(es) {empty} have no usable 32×32 images (skipped: {dict(skipped)})")
+    if not images:
+        raise DataError(f"{archive}: no usable 32×32 images under {prefix}/ (skipped: {dict(skipped)})")
+    return ImageSet(
+        images=np.stack(images), labels=np.asarray(labels, dtype=np.int16),
+        class_names=list(class_names or []), source=str(archive), skipped=dict(skipped),
+    )
+
+
+def gaussian_noise(count: int, seed: int, smooth: bool) -> np.ndarray:
+    """Gaussian-noise OOD images.
+
+    ``smooth=True`` follows the paper's evaluation: pytorch-ood ``GaussianNoise`` (224×224×3,
+    N(128, 128²), clipped) resized to 32×32 with antialiasing — near-gray, smooth images.
+    ``smooth=False`` draws N(128, 128²) per pixel at 32×32 (``gaussian_raw``, a harder set).
+    """
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
+    rng = np.random.default_rng(seed)
+    if not smooth:
+        return np.clip(rng.normal(128, 128, size=(count, 32, 32, 3)), 0, 255).astype(np.uint8)
+    # Same stream as pytorch_ood.dataset.img.GaussianNoise(seed=seed), drawn a batch at a time.
+    out = np.empty((count, 32, 32, 3), dtype=np.uint8)
+    for start in range(0, count, 200):
+        n = min(200, count - start)
+        big = np.clip(rng.normal(128, 128, size=(n, 224, 224, 3)), 0, 255).astype(np.uint8)
+        small = TF.resize(torch.from_numpy(big).permute(0, 3, 1, 2), [32, 32], antialias=True)
+        out[start:start + n] = small.permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def _resize_center(img: Image.Image) -> np.ndarray:
+    """Shorter side to 32 px, then centre crop, as the usual 32×32 OOD benchmarks do."""
+    from torchvision.transforms.v2 import functional as TF
+
+    img = img.convert("RGB")
+    img = TF.center_crop(TF.resize(img, IMAGE_SIZE, antialias=True), [IMAGE_SIZE, IMAGE_SIZE])
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _from_torch_dataset(dataset, max_images: int, seed: int) -> np.ndarray:
+    indices = np.arange(len(dataset))
+    if max_images and max_images < len(indices):
+        indices = np.sort(np.random.default_rng(seed).choice(len(indices), max_images, replace=False))
+    return np.stack([_resize_center(dataset[int(i)][0]) for i in indices])
+
+
+def _download_cifar10(split: str, per_class: int, seed: int) -> ImageSet:
+    from torchvision.datasets import CIFAR10
+
+    root = download_dir()
+    ds = CIFAR10(str(root), train=split == "train", download=True)
+    images, labels = np.asarray(ds.data, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int16)
+    if per_class:
+        rng = np.random.default_rng(seed)
+        keep = np.concatenate([
+            np.sort(rng.choice(np.flatnonzero(labels == c), per_class, replace=False)) for c in range(10)
+        ])
+        images, labels = images[keep], labels[keep]
+    return ImageSet(images, labels, list(CIFAR10_CLASSES), source=f"torchvision CIFAR10 ({root})")
+
+
+def _downloaders() -> dict[str, Callable[[Path], object]]:
+    from pytorch_ood.dataset.img import LSUNCrop, Places365, Textures, TinyImageNetCrop
+    from torchvision.datasets import CIFAR100, SVHN
+
+    return {
+        "svhn": lambda root: SVHN(str(root), split="test", download=True),
+        "textures": lambda root: Textures(str(root), download=True),
+        "lsun_crop": lambda root: LSUNCrop(str(root), download=True),
+        "tinyimagenet_crop": lambda root: TinyImageNetCrop(str(root), download=True),
+        "places365": lambda root: Places365(str(root), download=True),
+        "cifar100": lambda root: CIFAR100(str(root), train=False, download=True),
+    }
+
+
+def _missing(name: str, archive: str | None, err: Exception | None) -> DataError:
+    ways = []
+    if archive:
+        ways.append(f"put {archive} in the folder named by DMR_DATA_HOME (now {os.environ.get('DMR_DATA_HOME', 'unset')})")
+    ways.append(f"allow the download to {download_dir()} (needs internet{': ' + str(err) if err else ''})")
+    return DataError(f"dataset {name!r} is not available: " + ", or ".join(ways))
+
+
+def load_id_split(split: str, per_class: int = 0, seed: int = 0) -> ImageSet:
+    """CIFAR-10 ``train``/``test``: from ``$DMR_DATA_HOME/cifar10.tar`` if present, else torchvision."""
+    archive_name, top = OFFLINE_ARCHIVES["cifar10"]
+    home = data_home()
+    if home is not None and (home / archive_name).is_file():
+        return read_tar_split(home / archive_name, top, split, CIFAR10_CLASSES, per_class=per_class, seed=seed)
+    try:
+        return _download_cifar10(split, per_class, seed)
+    except Exception as err:
+        raise _missing("cifar10", archive_name, err) from None
+
+
+def load_ood_set(name: str, max_images: int = 0, seed: int = 0, gaussian_count: int = 10000) -> ImageSet:
+    """One OOD test set by name (labels all -1)."""
+    if name in ("gaussian", "gaussian_raw"):
+        count = min(gaussian_count, max_images) if max_images else gaussian_count
+        images = gaussian_noise(count, seed, smooth=name == "gaussian")
+        return ImageSet(images, np.full(count, -1, np.int16), [], source=f"generated, seed {seed}")
+    if name in OFFLINE_ARCHIVES:
+        archive_name, top = OFFLINE_ARCHIVES[name]
+        home = data_home()
+        if home is None or not (home / archive_name).is_file():
+            raise DataError(
+                f"dataset {name!r} is not available: put {archive_name} in the folder named by DMR_DATA_HOME "
+                f"(now {os.environ.get('DMR_DATA_HOME', 'unset')}); it has no public download"
+            )
+        return read_tar_split(home / archive_name, top, "test", None, max_images=max_images, seed=seed)
+    downloaders = _downloaders()
+    if name not in downloaders:
+        raise DataError(f"unknown OOD set {name!r}")
+    root = download_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        dataset = downloaders[name](root)
+    except Exception as err:
+        raise _missing(name, None, err) from None
+    images = _from_torch_dataset(dataset, max_images, seed)
+    return ImageSet(images, np.full(len(images), -1, np.int16), [], source=f"download ({root})")

@@ -1,0 +1,37 @@
+"""OOD metrics (pytorch-ood's OODMetrics; OOD = positive, higher score = more OOD)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pytorch_ood.metrics import OODMetrics
+from sklearn.metrics import roc_curve
+
+METRIC_KEYS = ("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR")
+
+
+def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
+    """AUROC, AUPR-IN, AUPR-OUT and FPR@95TPR in percent, for ID (label 0) vs OOD (label -1)."""
+    metrics = OODMetrics()
+    scores = torch.from_numpy(np.concatenate([id_scores, ood_scores]).astype(np.float32))
+    labels = torch.cat([torch.zeros(len(id_scores), dtype=torch.long), -torch.ones(len(ood_scores), dtype=torch.long)])
+    metrics.update(scores, labels)
+    values = metrics.compute()
+    return {key: round(float(values[key]) * 100.0, 3) for key in METRIC_KEYS}
+
+
+def evaluate_scores(id_scores: np.ndarray, ood_scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Metrics per OOD set plus their unweighted ``mean`` over sets."""
+    per_set = {name: ood_metrics(id_scores, scores) for name, scores in ood_scores.items()}
+    per_set["mean"] = {key: round(float(np.mean([m[key] for m in per_set.values()])), 3) for key in METRIC_KEYS}
+    return per_set
+
+
+def roc_points(id_scores: np.ndarray, ood_scores: np.ndarray, max_points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) of the ROC curve, thinned to at most ``max_points`` for plotting."""
+    y = np.concatenate([np.zeros(len(id_scores)), np.ones(len(ood_scores))])
+    fpr, tpr, _ = roc_curve(y, np.concatenate([id_scores, ood_scores]), drop_intermediate=True)
+    if len(fpr) > max_points:
+        keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
+        fpr, tpr = fpr[keep], tpr[keep]
+    return fpr, tpr

@@ -1,0 +1,152 @@
+"""The generator pair (E, G) whose latent space DMR mixes in.
+
+Any generator works if it offers ``encode(images) -> w`` and ``decode(w) -> images`` with images in
+[0, 1] (N×3×32×32). The paper uses StyleGAN-XL with a trained encoder; the CPU-sized default here is a
+convolutional VAE whose latent is the posterior mean, w = E(x) = μ_φ(x).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm import tqdm
+
+from .classifier import CheckpointError, load_checkpoint, load_state_dict_checked
+from .training import check_finite, seed_everything, to_float_images
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What DMR needs of a generator: a latent for every image and an image for every latent."""
+
+    def encode(self, images: Tensor) -> Tensor: ...
+
+    def decode(self, latents: Tensor) -> Tensor: ...
+
+
+class ConvVAE(nn.Module):
+    """A small convolutional VAE for 32×32 RGB: three stride-2 convolutions down to 4×4, and back."""
+
+    def __init__(self, latent_dim: int = 128, base_channels: int = 32) -> None:
+        super().__init__()
+        c = base_channels
+        self.config = {"latent_dim": latent_dim, "base_channels": base_channels}
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, c, 4, 2, 1), nn.BatchNorm2d(c), nn.LeakyReLU(0.2),
+            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * c, 4 * c, 4, 2, 1), nn.BatchNorm2d(4 * c), nn.LeakyReLU(0.2),
+            nn.Flatten(),
+        )
+        self.to_mu = nn.Linear(4 * c * 16, latent_dim)
+        self.to_logvar = nn.Linear(4 * c * 16, latent_dim)
+        self.from_latent = nn.Linear(latent_dim, 4 * c * 16)
+        self.decoder = nn.Sequential(
+            nn.Unflatten(1, (4 * c, 4, 4)), nn.BatchNorm2d(4 * c), nn.ReLU(),
+            nn.ConvTranspose2d(4 * c, 2 * c, 4, 2, 1), nn.BatchNorm2d(2 * c), nn.ReLU(),
+            nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.BatchNorm2d(c), nn.ReLU(),
+            nn.ConvTranspose2d(c, 3, 4, 2, 1), nn.Sigmoid(),
+        )
+
+    def posterior(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.encoder(images * 2 - 1)
+        return self.to_mu(h), self.to_logvar(h).clamp(-12, 8)
+
+    def encode(self, images: Tensor) -> Tensor:
+        """w = posterior mean."""
+        return self.posterior(images)[0]
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return self.decoder(self.from_latent(latents))
+
+    def loss(self, images: Tensor, beta_kl: float) -> Tensor:
+        """Negative ELBO per image: summed squared error + β·KL(q(w|x) ‖ N(0, I))."""
+        mu, logvar = self.posterior(images)
+        w = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        recon = F.mse_loss(self.decode(w), images, reduction="sum") / len(images)
+        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / len(images)
+        return recon + beta_kl * kl
+
+
+GENERATOR_KINDS = {"conv_vae": ConvVAE}
+
+
+def build_generator(kind: str, **config) -> nn.Module:
+    if kind not in GENERATOR_KINDS:
+        raise ValueError(f"unknown generator kind {kind!r}; choose from {sorted(GENERATOR_KINDS)}")
+    return GENERATOR_KINDS[kind](**config)
+
+
+def train_generator(
+    model: ConvVAE, images: np.ndarray, *, epochs: int, batch_size: int, lr: float, beta_kl: float, seed: int,
+    device: torch.device | str = "cpu",
+) -> list[float]:
+    """Adam on the negative ELBO with random horizontal flips; returns the mean loss per epoch."""
+    generator = seed_everything(seed)
+    model.to(device).train()
+    loader = DataLoader(TensorDataset(torch.from_numpy(images)), batch_size=batch_size, shuffle=True,
+                        generator=generator, drop_last=len(images) > batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
+    history = []
+    for epoch in range(epochs):
+        total, count = 0.0, 0
+        progress = tqdm(loader, desc=f"generator epoch {epoch + 1}/{epochs}", leave=False)
+        for step, (x,) in enumerate(progress):
+            x = to_float_images(x)
+            flip = torch.rand(len(x), generator=generator) < 0.5
+            x[flip] = x[flip].flip(3)
+            loss = model.loss(x.to(device), beta_kl)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += check_finite(loss, "generator", epoch + 1, step) * len(x)
+            count += len(x)
+            progress.set_postfix(loss=f"{total / count:.1f}")
+        history.append(total / max(count, 1))
+    model.eval().requires_grad_(False)
+    return history
+
+
+@torch.inference_mode()
+def encode_images(model: Generator, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """w = E(x) for uint8 N×32×32×3 images, as float32."""
+    loader = DataLoader(TensorDataset(torch.from_numpy(images)), batch_size=batch_size)
+    out = [model.encode(to_float_images(x)).float() for (x,) in tqdm(loader, desc="encode", leave=False)]
+    return torch.cat(out).numpy()
+
+
+@torch.inference_mode()
+def decode_latents(model: Generator, latents: Tensor) -> Tensor:
+    """G(w) as float images in [0, 1]."""
+    return model.decode(latents.float()).clamp(0, 1)
+
+
+def save_generator(model: nn.Module, kind: str, path, extra: dict | None = None) -> None:
+    torch.save({"kind": kind, "config": model.config, "state_dict": model.state_dict(), **(extra or {})}, path)
+
+
+def load_generator(path) -> nn.Module:
+    """Load a generator saved by the generator stage, in eval mode."""
+    payload = load_checkpoint(path)
+    if not isinstance(payload, dict) or not {"kind", "config", "state_dict"} <= set(payload):
+        raise CheckpointError(f"{path} is not a generator checkpoint of this project (no kind/config/state_dict)")
+    model = build_generator(payload["kind"], **payload["config"])
+    load_state_dict_checked(model, payload["state_dict"], str(path))
+    return model.eval().requires_grad_(False)
+
+
+def decode_to_images(model: Generator, latents: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """G(w) for many latents, batched, as uint8 N×32×32×3."""
+    from .training import to_uint8_images
+
+    out = np.empty((len(latents), 32, 32, 3), np.uint8)
+    for start in tqdm(range(0, len(latents), batch_size), desc="decode", leave=False):
+        batch = torch.from_numpy(latents[start:start + batch_size])
+        out[start:start + len(batch)] = to_uint8_images(decode_latents(model, batch))
+    return out

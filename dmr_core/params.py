@@ -1,0 +1,171 @@
+"""Validated parameters: every key of ``params.yaml`` is checked before any work starts.
+
+An invalid value fails with one line naming the key, the bad value and what is allowed, e.g.
+``invalid params: synth.k = 11: must be <= 10 (the number of ID classes)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+NUM_ID_CLASSES = 10
+OFFLINE_OOD_SETS = ("textures_partial", "icons", "scenes_crop")
+GENERATED_OOD_SETS = ("gaussian", "gaussian_raw")
+DOWNLOAD_OOD_SETS = ("svhn", "textures", "lsun_crop", "tinyimagenet_crop", "places365", "cifar100")
+KNOWN_OOD_SETS = OFFLINE_OOD_SETS + GENERATED_OOD_SETS + DOWNLOAD_OOD_SETS
+OodSetName = Literal[
+    "textures_partial", "icons", "scenes_crop", "gaussian", "gaussian_raw",
+    "svhn", "textures", "lsun_crop", "tinyimagenet_crop", "places365", "cifar100",
+]
+
+
+class ParamsError(ValueError):
+    """Raised when params.yaml is missing a key or holds a value outside its allowed range."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    ood_sets: list[OodSetName] = Field(min_length=1)
+    train_per_class: int = Field(ge=0, description="0 = all images")
+    test_per_class: int = Field(ge=0)
+    ood_max: int = Field(ge=0)
+    gaussian_count: int = Field(ge=1)
+    seed: int = Field(ge=0)
+
+
+class ClassifierParams(_Section):
+    arch: Literal["resnet20", "resnet32", "resnet44", "resnet56", "wrn40_2"]
+    init: Literal["pretrained", "scratch"]
+    epochs: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    momentum: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    seed: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _pretrained_exists(self) -> "ClassifierParams":
+        if self.init == "pretrained" and self.arch == "wrn40_2":
+            raise ValueError("init = 'pretrained' is available for resnet20/32/44/56 only; use init: scratch for wrn40_2")
+        if self.init == "scratch" and self.epochs == 0:
+            raise ValueError("init = 'scratch' with epochs = 0 would evaluate an untrained classifier")
+        return self
+
+
+class GeneratorParams(_Section):
+    kind: Literal["conv_vae"]
+    latent_dim: int = Field(ge=1)
+    base_channels: int = Field(ge=4)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    beta_kl: float = Field(ge=0)
+    seed: int = Field(ge=0)
+
+
+class LatentsParams(_Section):
+    batch_size: int = Field(ge=1)
+
+
+class SynthParams(_Section):
+    method: Literal["mlm", "dmr", "dmr_mlm"]
+    k: int = Field(ge=1, le=NUM_ID_CLASSES)
+    lambda_dist: Literal["uniform", "choice"]
+    lambda_min: float = Field(gt=0)
+    lambda_max: float = Field(gt=0)
+    num_samples: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    seed: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "SynthParams":
+        if self.lambda_min > self.lambda_max:
+            raise ValueError(f"lambda_min = {self.lambda_min} > lambda_max = {self.lambda_max}: need lambda_min <= lambda_max")
+        if self.method == "dmr" and self.k != 1:
+            raise ValueError(f"k = {self.k} with method 'dmr' (eq. 6, a single latent): set k: 1 or use dmr_mlm")
+        return self
+
+
+class FeaturesParams(_Section):
+    batch_size: int = Field(ge=1)
+
+
+class HeadParams(_Section):
+    feature: Literal["feature_map", "penultimate", "logits"]
+    hidden: int = Field(ge=1)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    momentum: float = Field(ge=0, lt=1)
+    nesterov: bool
+    weight_decay: float = Field(ge=0)
+    schedule: Literal["cosine", "constant"]
+    seed: int = Field(ge=0)
+
+
+class EvalParams(_Section):
+    histogram_bins: int = Field(ge=2)
+    roc_points: int = Field(ge=2)
+
+
+class Params(_Section):
+    data: DataParams
+    classifier: ClassifierParams
+    generator: GeneratorParams
+    latents: LatentsParams
+    synth: SynthParams
+    features: FeaturesParams
+    head: HeadParams
+    eval: EvalParams
+
+
+def _first_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    key = ".".join(str(p) for p in e["loc"])
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "missing":
+        return f"{key}: missing key (see the default params.yaml for its meaning)"
+    if e["type"] == "extra_forbidden":
+        return f"{key}: unknown key (a typo? allowed keys are those of the default params.yaml)"
+    return f"{key} = {e.get('input')!r}: {msg}"
+
+
+def parse_params(raw: dict[str, Any], sections: tuple[str, ...] | None = None) -> Params:
+    """Validate a params mapping; ``sections`` limits the check to those sections (others may be absent)."""
+    if not isinstance(raw, dict):
+        raise ParamsError("invalid params: the file must hold a mapping of sections")
+    if sections is not None:
+        fields = Params.model_fields
+        sub = {name: fields[name].annotation.model_validate  for name in sections}  # type: ignore[union-attr]
+        out: dict[str, Any] = {}
+        for name, validate in sub.items():
+            if name not in raw:
+                raise ParamsError(f"invalid params: {name}: missing section")
+            try:
+                out[name] = validate(raw[name])
+            except ValidationError as err:
+                raise ParamsError(f"invalid params: {name}.{_first_error(err)}") from None
+        return Params.model_construct(**out)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(f"invalid params: {_first_error(err)}") from None
+
+
+def load_params(path: str | Path = "params.yaml", sections: tuple[str, ...] | None = None) -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"invalid params: {path} not found; run from the project root")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"invalid params: {path} is not valid YAML: {err}") from None
+    return parse_params(raw, sections)

@@ -1,0 +1,122 @@
+"""The rejection head B on the frozen classifier F (paper §3.3), and its pytorch-ood detector.
+
+B: Linear(d, 2048) → ReLU → Linear(2048, 1), trained with binary cross-entropy on logits to
+separate ID training images (target 0) from synthesised OOD images (target 1). d is the size of the
+chosen representation of F (the flattened last feature map by default: 64·8·8 = 4096 for ResNet-20).
+F is never updated, so the classifier's predictions do not change. The test score is B's logit:
+higher = more likely OOD.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_ood.api import FeaturesDetector
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm import tqdm
+
+from .classifier import CheckpointError, load_checkpoint, load_state_dict_checked
+from .training import check_finite, seed_everything
+
+
+class RejectionHead(nn.Module):
+    """Linear(d, hidden) → ReLU → Linear(hidden, 1); outputs the OOD logit."""
+
+    def __init__(self, in_features: int, hidden: int = 2048) -> None:
+        super().__init__()
+        self.config = {"in_features": in_features, "hidden": hidden}
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features.float()).squeeze(1)
+
+
+def train_rejection_head(
+    id_features: np.ndarray,
+    ood_features: np.ndarray,
+    *,
+    hidden: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    schedule: str,
+    seed: int,
+) -> tuple[RejectionHead, list[float]]:
+    """Fit B with BCE-with-logits on ID (0) vs synthesised OOD (1) features; returns (head, loss per epoch)."""
+    generator = seed_everything(seed)
+    if id_features.shape[1:] != ood_features.shape[1:]:
+        raise ValueError(f"ID features {id_features.shape[1:]} and OOD features {ood_features.shape[1:]} differ")
+    features = torch.from_numpy(np.concatenate([id_features, ood_features]))
+    targets = torch.cat([torch.zeros(len(id_features)), torch.ones(len(ood_features))])
+    head = RejectionHead(features.shape[1], hidden)
+    loader = DataLoader(TensorDataset(features, targets), batch_size=batch_size, shuffle=True,
+                        generator=generator)
+    optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                                weight_decay=weight_decay)
+    steps = max(1, epochs * len(loader))
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if schedule == "cosine"
+                 else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))
+    history = []
+    for epoch in range(epochs):
+        total, count = 0.0, 0
+        progress = tqdm(loader, desc=f"rejection head epoch {epoch + 1}/{epochs}", leave=False)
+        for step, (x, y) in enumerate(progress):
+            loss = F.binary_cross_entropy_with_logits(head(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += check_finite(loss, "rejection head", epoch + 1, step) * len(y)
+            count += len(y)
+            progress.set_postfix(loss=f"{total / count:.4f}")
+        history.append(total / max(count, 1))
+    head.eval().requires_grad_(False)
+    return head, history
+
+
+class DMRDetector(FeaturesDetector):
+    """DMR as a pytorch-ood detector: the trained head's logit on the frozen classifier's features.
+
+    ``predict_features`` takes the representation the head was trained on; ``predict`` takes images
+    when an ``encoder`` (images → that representation) is given.
+    """
+
+    def __init__(self, head: RejectionHead, encoder=None) -> None:
+        super().__init__()
+        self.head = head.eval()
+        self.encoder = encoder
+
+    def fit(self, data_loader=None):  # the head is trained by train_rejection_head
+        return self
+
+    def fit_features(self, x: Tensor, y: Tensor):
+        return self
+
+    @torch.inference_mode()
+    def predict_features(self, x: Tensor) -> Tensor:
+        return torch.cat([self.head(chunk) for chunk in torch.split(x, 4096)])
+
+    @torch.inference_mode()
+    def predict(self, x: Tensor) -> Tensor:
+        if self.encoder is None:
+            raise ValueError("DMRDetector.predict needs an encoder (images → features); use predict_features")
+        return self.predict_features(self.encoder(x))
+
+
+def save_head(head: RejectionHead, feature: str, path, extra: dict | None = None) -> None:
+    torch.save({"feature": feature, "config": head.config, "state_dict": head.state_dict(), **(extra or {})}, path)
+
+
+def load_head(path) -> tuple[RejectionHead, str]:
+    """Load a rejection head and the name of the representation it reads."""
+    payload = load_checkpoint(path)
+    if not isinstance(payload, dict) or not {"feature", "config", "state_dict"} <= set(payload):
+        raise CheckpointError(f"{path} is not a rejection-head checkpoint of this project")
+    head = RejectionHead(**payload["config"])
+    load_state_dict_checked(head, payload["state_dict"], str(path))
+    return head.eval().requires_grad_(False), payload["feature"]

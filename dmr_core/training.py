@@ -1,0 +1,57 @@
+"""Small helpers shared by the training loops: seeding, image batches, loss checks."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or inf; training stops instead of producing garbage."""
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch generator for DataLoader shuffling."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def check_finite(loss: Tensor, what: str, epoch: int, step: int) -> float:
+    """Return ``loss`` as a float, or stop with a message naming where it went non-finite."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f"{what}: loss is {value} at epoch {epoch}, step {step}; lower the learning rate or check the inputs"
+        )
+    return value
+
+
+def to_float_images(batch_uint8: Tensor) -> Tensor:
+    """N×32×32×3 uint8 → N×3×32×32 float in [0, 1]."""
+    return batch_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def to_uint8_images(batch_float: Tensor) -> np.ndarray:
+    """N×3×32×32 float in [0, 1] → N×32×32×3 uint8 (rounded, clipped)."""
+    return batch_float.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
+    """Standard CIFAR augmentation (pad-4 random crop + horizontal flip), per sample, vectorised."""
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4, mode="reflect")
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    rows = dy[:, None] + torch.arange(h)[None, :]
+    cols = dx[:, None] + torch.arange(w)[None, :]
+    batch = torch.arange(n)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    flip = torch.rand(n, generator=generator) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out.contiguous()

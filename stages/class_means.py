@@ -1,0 +1,23 @@
+"""Stage class_means: μ_y, the mean latent of each ID class, with its image count."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dmr_core.artifacts import open_zarr, save_zarr
+from dmr_core.params import Params
+from dmr_core.synth import class_means
+
+from ._common import CLASS_MEANS, LATENTS, run
+
+
+def main(params: Params) -> None:
+    group = open_zarr(LATENTS, "the latents (stage latents)")
+    class_names = group.attrs["class_names"]
+    means, counts = class_means(np.asarray(group["latents"][:]), np.asarray(group["labels"][:]), len(class_names))
+    save_zarr(CLASS_MEANS, {"means": means, "counts": counts.astype("int64")}, attrs={"class_names": class_names})
+    print("class means: " + ", ".join(f"{n} ({c})" for n, c in zip(class_names, counts)))
+
+
+if __name__ == "__main__":
+    run(main, "class_means")

@@ -1,0 +1,31 @@
+"""Stage features: frozen-classifier representations of ID train/test and every OOD test set."""
+
+from __future__ import annotations
+
+import zarr
+
+from dmr_core.artifacts import atomic_output, write_zarr_arrays
+from dmr_core.classifier import load_classifier
+from dmr_core.features import extract_features
+from dmr_core.params import Params
+
+from ._common import CLASSIFIER, FEATURES, id_split_path, ood_set_path, read_image_set, run
+
+
+def main(params: Params) -> None:
+    model = load_classifier(CLASSIFIER)
+    sets = {"id_train": id_split_path("train"), "id_test": id_split_path("test")}
+    sets.update({f"ood/{name}": ood_set_path(name) for name in params.data.ood_sets})
+    with atomic_output(FEATURES) as tmp:
+        root = zarr.open_group(str(tmp), mode="w")
+        for key, path in sets.items():
+            images, labels, _ = read_image_set(path)
+            arrays = extract_features(model, images, params.features.batch_size, desc=key)
+            arrays["labels"] = labels.astype("int16")
+            write_zarr_arrays(root.require_group(key), arrays, rows_per_chunk=2048)
+            print(f"features {key}: {len(images)} images")
+        root.attrs["ood_sets"] = list(params.data.ood_sets)
+
+
+if __name__ == "__main__":
+    run(main, "features")
