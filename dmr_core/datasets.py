@@ -114,6 +114,10 @@ def read_tar_split(
                     skipped["not_an_image"] += 1
                     continue
                 entries.append((path, member))
+            end_of_members = tar.offset
+        # A complete tar ends with two zero blocks; without them it was cut at a member boundary.
+        if archive.stat().st_size < end_of_members + 2 * tarfile.BLOCKSIZE:
+            raise tarfile.ReadError(f"archive ends after {end_of_members} bytes without its end-of-archive marker")
     except (tarfile.TarError, EOFError, OSError) as err:
         raise DataError(f"{archive} is truncated or not a tar archive ({err}); download or copy it again") from None
 

@@ -110,6 +110,36 @@ class HeadParams(_Section):
     seed: int = Field(ge=0)
 
 
+class BaselinesParams(_Section):
+    detectors: list[Literal["MSP", "ODIN", "Mahalanobis", "Energy", "Entropy", "MaxLogit", "KL-Matching", "ViM",
+                            "KNN", "ReAct", "DICE", "ASH"]] = Field(min_length=1)
+    vim_dim: int = Field(ge=1)
+    knn_k: int = Field(ge=1)
+    react_percentile: float = Field(gt=0, lt=1)
+    dice_p: float = Field(gt=0, lt=1)
+    ash_percentile: float = Field(gt=0, lt=1)
+    odin_eps: float = Field(ge=0)
+    odin_temperature: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+
+
+class SynthBaselinesParams(_Section):
+    variants: list[Literal["mlm", "dmr", "mim", "kirby", "dmr_kirby"]]
+    k: int = Field(ge=1, le=NUM_ID_CLASSES)
+    lambda_dist: Literal["uniform", "choice"]
+    lambda_min: float = Field(gt=0)
+    lambda_max: float = Field(gt=0)
+    num_samples: int = Field(ge=1)
+    kirby_threshold: float = Field(gt=0, lt=1)
+    seed: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "SynthBaselinesParams":
+        if self.lambda_min > self.lambda_max:
+            raise ValueError(f"lambda_min = {self.lambda_min} > lambda_max = {self.lambda_max}: need lambda_min <= lambda_max")
+        return self
+
+
 class EvalParams(_Section):
     histogram_bins: int = Field(ge=2)
     roc_points: int = Field(ge=2)
@@ -124,6 +154,8 @@ class Params(_Section):
     features: FeaturesParams
     head: HeadParams
     eval: EvalParams
+    baselines: BaselinesParams
+    synth_baselines: SynthBaselinesParams
 
 
 def _first_error(err: ValidationError) -> str:

@@ -99,3 +99,9 @@ def synthesize_latents(
     source_labels = np.asarray(labels).astype(np.int64)[sources]
     mixed = mix_latents(latents[sources], means[source_labels], lambdas, method)
     return mixed.astype(np.float32), sources, lambdas
+
+
+def pixel_mixup(images: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """MIM baseline: the pixel-space average of the k source images of each sample (uint8 in, uint8 out)."""
+    mixed = images[sources].astype(np.float32).mean(axis=1)
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)

@@ -1,0 +1,99 @@
+"""One comparison table: every method × every OOD set, our numbers beside the paper's where it has one."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import pandas as pd
+
+PAPER_SETS = ("svhn", "textures", "lsun_crop", "tinyimagenet_crop", "places365", "gaussian")
+# our method name -> (paper table-1 row, paper table-3 row)
+PAPER_ROWS = {
+    "MSP": ("MSP", None), "ODIN": ("ODIN", None), "Mahalanobis": ("Mahalanobis", None), "Energy": ("Energy", None),
+    "Entropy": ("Entropy", None), "MaxLogit": ("MaxLogit", None), "KL-Matching": ("KL-Matching", None),
+    "ViM": ("ViM", None), "MIM": ("MIM", None), "KIRBY": ("KIRBY", None), "DMR (DMR+MLM, eq. 7)": ("DMR", "DMR+MLM"),
+    "MLM (eq. 4)": (None, "MLM"), "DMR-single (eq. 6)": (None, "DMR-single"),
+}
+SYNTH_NAMES = {"mlm": "MLM (eq. 4)", "dmr": "DMR-single (eq. 6)", "mim": "MIM", "kirby": "KIRBY",
+               "dmr_kirby": "DMR + KIRBY"}
+DMR_NAME = "DMR (DMR+MLM, eq. 7)"
+
+
+def paper_tables() -> dict:
+    return json.loads(resources.files("dmr_core").joinpath("reference/paper_tables.json").read_text())
+
+
+def collect(eval_metrics: dict, baselines: dict, synth_baselines: dict[str, dict]) -> dict[str, tuple[str, dict]]:
+    """{method: (kind, {set: {metric: value}})} from the metrics files of eval, baselines and synth_baseline."""
+    def per_set(m: dict) -> dict:
+        return {k: v for k, v in m.items() if isinstance(v, dict) and "AUROC" in v}
+
+    methods = {name: ("post-hoc", per_set(m)) for name, m in baselines.get("detectors", {}).items()}
+    methods[DMR_NAME] = ("synthesis", per_set(eval_metrics))
+    for variant, m in synth_baselines.items():
+        methods[SYNTH_NAMES.get(variant, variant)] = ("synthesis", per_set(m))
+    return methods
+
+
+def build_table(methods: dict[str, tuple[str, dict]], paper: dict) -> pd.DataFrame:
+    """Long table: one row per (method, set) with our AUROC / AUPR-OUT and the paper's, where it has one."""
+    table1 = paper["table1_cifar10_wrn40_2"]
+    table3 = paper["table3_ablation_mean"]
+    rows = []
+    for method, (kind, sets) in methods.items():
+        t1, t3 = PAPER_ROWS.get(method, (None, None))
+        for set_name, m in sets.items():
+            paper_auroc = paper_aupr = None
+            if t1 and set_name in table1[t1]:
+                paper_auroc, paper_aupr = table1[t1][set_name]["auroc"], table1[t1][set_name]["aupr"]
+            elif t3 and set_name == "mean":
+                paper_auroc, paper_aupr = table3[t3]["cifar10"]["auroc"], table3[t3]["cifar10"]["aupr"]
+            rows.append({"method": method, "kind": kind, "set": set_name, "auroc": m["AUROC"],
+                         "aupr_out": m["AUPR-OUT"], "fpr95tpr": m["FPR95TPR"],
+                         "paper_auroc": paper_auroc, "paper_aupr_out": paper_aupr})
+    return pd.DataFrame(rows)
+
+
+def _cell(value: float, best: bool, paper: float | None) -> str:
+    text = f"**{value:.2f}**" if best else f"{value:.2f}"
+    return text + (f" ({paper:.2f})" if paper is not None and paper == paper else "")
+
+
+def render_markdown(table: pd.DataFrame, evaluated_sets: list[str], classifier: dict, id_test_images: int) -> str:
+    """The report: AUROC and AUPR-OUT tables (best per column in bold, paper value in brackets)."""
+    sets = [s for s in evaluated_sets if s in set(table["set"])] + ["mean"]
+    order = (table[table["set"] == "mean"].sort_values("auroc", ascending=False)["method"].tolist())
+    not_evaluated = [s for s in PAPER_SETS if s not in evaluated_sets]
+    lines = [
+        "# DMR vs. post-hoc detectors and other OOD-synthesis methods",
+        "",
+        f"ID: CIFAR-10 test ({id_test_images:,} images). Classifier: {classifier.get('arch')} "
+        f"({classifier.get('test_accuracy', float('nan')):.2f}% test accuracy), frozen; every method scores the same "
+        "classifier and the same OOD sets. Higher AUROC / AUPR-OUT is better; OOD is the positive class.",
+        "Best per column in **bold**. In brackets: the paper's number (WRN-40-2, Table 1; for MLM and DMR-single "
+        "Table 3's mean) where the paper evaluated the same set. The paper's mean is over its six sets, so it is "
+        "not the same average as ours.",
+        "",
+        f"Paper sets not evaluated here: {', '.join(not_evaluated) or 'none'} (they are downloaded from the "
+        "internet and were not available offline; add them to data.ood_sets where you have internet). "
+        "textures_partial holds 10 of the 47 DTD categories and is not comparable with the paper's Textures.",
+        "",
+    ]
+    for metric, label in (("auroc", "AUROC"), ("aupr_out", "AUPR-OUT")):
+        paper_col = "paper_" + metric
+        best = {s: table[table["set"] == s][metric].max() for s in sets}
+        lines += [f"## {label}", "", "| method | kind | " + " | ".join(sets) + " |",
+                  "|---|---|" + "---:|" * len(sets)]
+        for method in order:
+            sub = table[table["method"] == method].set_index("set")
+            cells = []
+            for s in sets:
+                if s not in sub.index:
+                    cells.append("–")
+                    continue
+                paper = sub.at[s, paper_col]
+                cells.append(_cell(sub.at[s, metric], sub.at[s, metric] == best[s], None if pd.isna(paper) else paper))
+            lines.append(f"| {method} | {sub['kind'].iloc[0]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""Stage baselines: every pytorch-ood post-hoc detector on the frozen classifier → metrics/baselines.json."""
+
+from __future__ import annotations
+
+import time
+
+from dmr_core.artifacts import write_json
+from dmr_core.classifier import load_classifier
+from dmr_core.evaluation import evaluate_scores
+from dmr_core.params import Params
+from dmr_core.posthoc import PosthocSettings, fit_detectors, score_set
+
+from ._common import (CLASSIFIER, METRICS, feature_ood_sets, id_split_path, ood_set_path, read_features,
+                      read_image_set, run)
+
+REPRESENTATIONS = ("logits", "penultimate", "feature_map")
+
+
+def main(params: Params) -> None:
+    p = params.baselines
+    model = load_classifier(CLASSIFIER)
+    needed = set()
+    settings = PosthocSettings(vim_dim=p.vim_dim, knn_k=p.knn_k, react_percentile=p.react_percentile,
+                               dice_p=p.dice_p, ash_percentile=p.ash_percentile, odin_eps=p.odin_eps,
+                               odin_temperature=p.odin_temperature)
+    train = {r: read_features("id_train", r) for r in REPRESENTATIONS}
+    detectors = fit_detectors(model, train, read_features("id_train", "labels"), settings, tuple(p.detectors))
+    del train
+    needed = {d.representation for d in detectors}
+    sets = {"id_test": ("id_test", id_split_path("test"))}
+    sets.update({name: (f"ood/{name}", ood_set_path(name)) for name in feature_ood_sets()})
+    scores: dict[str, dict[str, object]] = {d.name: {} for d in detectors}
+    seconds = {d.name: 0.0 for d in detectors}
+    for set_name, (feature_key, image_path) in sets.items():
+        reps = {r: read_features(feature_key, r) for r in needed if r != "images"}
+        images = read_image_set(image_path)[0] if "images" in needed else None
+        for det in detectors:
+            start = time.perf_counter()
+            scores[det.name][set_name] = score_set(det, reps, images, model.feature_channels, p.batch_size)
+            seconds[det.name] += time.perf_counter() - start
+    results = {}
+    for det in detectors:
+        per_set = scores[det.name]
+        id_scores = per_set.pop("id_test")
+        results[det.name] = evaluate_scores(id_scores, per_set)
+        print(f"{det.name:>12}: mean AUROC {results[det.name]['mean']['AUROC']:6.2f}  ({seconds[det.name]:.1f} s)")
+    write_json(METRICS / "baselines.json", {"fitted_on": "CIFAR-10 train", "detectors": results})
+
+
+if __name__ == "__main__":
+    run(main, "baselines")

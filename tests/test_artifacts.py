@@ -1,0 +1,35 @@
+"""Outputs appear whole or not at all."""
+
+import numpy as np
+import pytest
+
+from dmr_core.artifacts import atomic_output, open_zarr, save_zarr
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    target = tmp_path / "out.zarr"
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as tmp:
+            tmp.mkdir()
+            (tmp / "part").write_text("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_rewrite_keeps_nothing_stale_and_success_replaces(tmp_path):
+    save_zarr(tmp_path / "a.zarr", {"x": np.arange(5)})
+    save_zarr(tmp_path / "a.zarr", {"x": np.arange(3)})
+    np.testing.assert_array_equal(open_zarr(tmp_path / "a.zarr", "a")["x"][:], np.arange(3))
+
+
+def test_leftovers_of_a_killed_run_are_removed(tmp_path):
+    leftover = tmp_path / ".a.zarr.tmp-12345"
+    leftover.mkdir()
+    save_zarr(tmp_path / "a.zarr", {"x": np.zeros(2)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr"]
+
+
+def test_open_incomplete_zarr_names_the_fix(tmp_path):
+    (tmp_path / "a.zarr").mkdir()
+    with pytest.raises(FileNotFoundError, match="dvc repro"):
+        open_zarr(tmp_path / "a.zarr", "the latents")

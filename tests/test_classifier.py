@@ -1,0 +1,80 @@
+"""Classifier architectures, pretrained weights, and checkpoint checks."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dmr_core.classifier import (CheckpointError, build_classifier, load_checkpoint, load_classifier,
+                                 load_pretrained, save_classifier)
+from dmr_core.features import extract_features
+
+
+def _models_available() -> bool:
+    home = os.environ.get("DMR_DATA_HOME")
+    return bool(home) and (Path(home).parent / "models" / "resnet20-12fca82f.th").is_file()
+
+
+@pytest.mark.parametrize("arch,channels", [("resnet20", 64), ("resnet56", 64), ("wrn40_2", 128)])
+def test_representation_shapes(arch, channels):
+    model = build_classifier(arch).eval()
+    x = torch.rand(2, 3, 32, 32)
+    fmap = model.feature_map(x)
+    assert fmap.shape == (2, channels, 8, 8)
+    assert model.penultimate(fmap).shape == (2, channels)
+    torch.testing.assert_close(model.logits_from_penultimate(model.penultimate(fmap)), model(x))
+
+
+def test_extract_features_returns_all_representations():
+    model = build_classifier("resnet20").eval()
+    images = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8).numpy()
+    out = extract_features(model, images, batch_size=2)
+    assert out["feature_map"].shape == (5, 4096) and out["feature_map"].dtype.name == "float16"
+    assert out["penultimate"].shape == (5, 64) and out["logits"].shape == (5, 10)
+
+
+@pytest.mark.skipif(not _models_available(), reason="pretrained weights not provided offline")
+def test_pretrained_resnet20_loads_and_predicts():
+    model = load_pretrained("resnet20").eval()
+    assert model(torch.rand(3, 3, 32, 32)).shape == (3, 10)
+
+
+def test_wrong_architecture_checkpoint_names_keys(tmp_path):
+    save_classifier(build_classifier("resnet20"), "resnet32", tmp_path / "c.pt")  # lies about its arch
+    with pytest.raises(CheckpointError, match=r"missing: layer1\.3\.") as info:
+        load_classifier(tmp_path / "c.pt")
+    assert "architecture" in str(info.value)
+
+
+def test_shape_mismatch_is_named(tmp_path):
+    model = build_classifier("resnet20")
+    state = model.state_dict()
+    state["linear.weight"] = torch.zeros(100, 64)
+    state["linear.bias"] = torch.zeros(100)
+    torch.save({"arch": "resnet20", "state_dict": state}, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match=r"shape mismatch: linear\.bias \(100,\) vs \(10,\)"):
+        load_classifier(tmp_path / "c.pt")
+
+
+def test_truncated_and_foreign_checkpoints_fail_clearly(tmp_path):
+    save_classifier(build_classifier("resnet20"), "resnet20", tmp_path / "c.pt")
+    data = (tmp_path / "c.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a classifier checkpoint"):
+        load_classifier(tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_checkpoints_refuse_pickled_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    torch.save({"arch": "resnet20", "state_dict": {}, "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(tmp_path / "evil.pt")

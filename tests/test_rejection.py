@@ -1,0 +1,77 @@
+"""The rejection head B, its training, and its pytorch-ood detector interface."""
+
+import numpy as np
+import pytest
+import torch
+from pytorch_ood.api import FeaturesDetector
+
+from dmr_core.evaluation import evaluate_scores, ood_metrics
+from dmr_core.rejection import DMRDetector, RejectionHead, load_head, save_head, train_rejection_head
+from dmr_core.training import NonFiniteLossError
+
+TRAIN = dict(hidden=32, batch_size=64, lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
+             schedule="cosine", seed=0)
+
+
+def test_head_shapes_match_the_paper():
+    head = RejectionHead(4096, 2048)
+    linear1, relu, linear2 = head.net
+    assert (linear1.in_features, linear1.out_features) == (4096, 2048)
+    assert isinstance(relu, torch.nn.ReLU)
+    assert (linear2.in_features, linear2.out_features) == (2048, 1)
+    assert head(torch.randn(7, 4096).half()).shape == (7,)
+
+
+def _blobs(n=400, d=16, shift=1.5, seed=0):
+    rng = np.random.default_rng(seed)
+    id_feats = rng.normal(size=(n, d)).astype(np.float16)
+    ood_feats = (rng.normal(size=(n, d)) + shift).astype(np.float16)
+    return id_feats, ood_feats
+
+
+def test_training_reduces_loss_and_separates():
+    id_feats, ood_feats = _blobs()
+    head, history = train_rejection_head(id_feats, ood_feats, epochs=5, **TRAIN)
+    assert history[-1] < 0.5 * history[0]
+    scores_id = head(torch.from_numpy(id_feats)).numpy()
+    scores_ood = head(torch.from_numpy(ood_feats)).numpy()
+    assert ood_metrics(scores_id, scores_ood)["AUROC"] > 95
+
+
+def test_training_is_deterministic():
+    id_feats, ood_feats = _blobs()
+    a, ha = train_rejection_head(id_feats, ood_feats, epochs=2, **TRAIN)
+    b, hb = train_rejection_head(id_feats, ood_feats, epochs=2, **TRAIN)
+    assert ha == hb
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_nan_features_stop_training_with_location():
+    id_feats, ood_feats = _blobs()
+    id_feats[3, 0] = np.nan
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+"):
+        train_rejection_head(id_feats, ood_feats, epochs=1, **TRAIN)
+
+
+def test_detector_is_a_pytorch_ood_features_detector(tmp_path):
+    id_feats, ood_feats = _blobs()
+    head, _ = train_rejection_head(id_feats, ood_feats, epochs=2, **TRAIN)
+    save_head(head, "penultimate", tmp_path / "head.pt")
+    loaded, feature = load_head(tmp_path / "head.pt")
+    assert feature == "penultimate"
+    detector = DMRDetector(loaded, encoder=lambda x: x.flatten(1))
+    assert isinstance(detector, FeaturesDetector)
+    z = torch.from_numpy(ood_feats[:10])
+    torch.testing.assert_close(detector.predict_features(z), head(z))
+    torch.testing.assert_close(detector.predict(z.float().view(10, 4, 4)), head(z.float()))
+
+
+def test_evaluate_scores_reports_each_set_and_mean():
+    rng = np.random.default_rng(0)
+    id_scores = rng.normal(size=500)
+    results = evaluate_scores(id_scores, {"far": rng.normal(3, 1, 500), "same": rng.normal(size=500)})
+    assert results["far"]["AUROC"] > 95
+    assert 40 < results["same"]["AUROC"] < 60
+    assert results["mean"]["AUROC"] == pytest.approx((results["far"]["AUROC"] + results["same"]["AUROC"]) / 2, abs=1e-3)
+    assert set(results["far"]) == {"AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR"}

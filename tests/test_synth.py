@@ -1,0 +1,116 @@
+"""Eqs. 4, 6, 7 and the class means (dmr_core.synth)."""
+
+import numpy as np
+import pytest
+
+from dmr_core.synth import class_means, mix_latents, sample_lambdas, sample_sources, synthesize_latents
+
+
+@pytest.fixture
+def toy():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), [5, 6, 7, 8, 9, 10, 11, 12, 13, 14])
+    rng.shuffle(labels)
+    latents = rng.normal(size=(len(labels), 6)).astype(np.float32) + labels[:, None] * 3.0
+    return latents, labels
+
+
+def test_class_means_match_per_class_average(toy):
+    latents, labels = toy
+    means, counts = class_means(latents, labels, 10)
+    for c in range(10):
+        np.testing.assert_allclose(means[c], latents[labels == c].mean(0), rtol=1e-5)
+        assert counts[c] == (labels == c).sum()
+
+
+def test_class_means_keep_spatial_latent_shape():
+    latents = np.arange(4 * 2 * 3 * 3, dtype=np.float32).reshape(4, 2, 3, 3)
+    means, _ = class_means(latents, np.array([0, 1, 0, 1]), 2)
+    assert means.shape == (2, 2, 3, 3)
+    np.testing.assert_allclose(means[0], (latents[0] + latents[2]) / 2)
+
+
+def test_class_means_reject_empty_class_and_bad_labels(toy):
+    latents, labels = toy
+    with pytest.raises(ValueError, match="no latents"):
+        class_means(latents, labels, 11)
+    with pytest.raises(ValueError, match="labels must lie"):
+        class_means(latents, labels - 1, 10)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 10])
+def test_sources_come_from_k_distinct_classes(toy, k):
+    _, labels = toy
+    sources = sample_sources(labels, k, 2000, np.random.default_rng(1))
+    assert sources.shape == (2000, k)
+    source_labels = labels[sources]
+    assert all(len(set(row)) == k for row in source_labels)
+    # every class is used, roughly uniformly
+    counts = np.bincount(source_labels.ravel(), minlength=10)
+    assert counts.min() > 0.7 * counts.mean()
+
+
+def test_sources_reject_k_above_class_count(toy):
+    _, labels = toy
+    with pytest.raises(ValueError, match="k = 11"):
+        sample_sources(labels, 11, 10, np.random.default_rng(0))
+
+
+def test_lambdas_uniform_in_range_and_choice_two_valued():
+    rng = np.random.default_rng(0)
+    lam = sample_lambdas(10000, "uniform", 1.0, 3.0, rng)
+    assert lam.min() >= 1.0 and lam.max() <= 3.0
+    assert abs(lam.mean() - 2.0) < 0.05
+    choice = sample_lambdas(10000, "choice", 1.0, 3.0, rng)
+    assert set(np.unique(choice)) == {1.0, 3.0}
+    assert abs((choice == 3.0).mean() - 0.5) < 0.03
+    with pytest.raises(ValueError):
+        sample_lambdas(3, "uniform", 3.0, 1.0, rng)
+
+
+def test_eq4_mlm_is_plain_average():
+    w = np.array([[[1.0, 2.0], [3.0, 6.0]]], dtype=np.float32)  # n=1, k=2, d=2
+    mu = np.full_like(w, 100.0)
+    np.testing.assert_allclose(mix_latents(w, mu, np.array([3.0]), "mlm"), [[2.0, 4.0]])
+
+
+def test_eq6_dmr_scales_the_marginal_latent():
+    w = np.array([[[1.0, 2.0]]], dtype=np.float32)
+    mu = np.array([[[0.5, 4.0]]], dtype=np.float32)
+    np.testing.assert_allclose(mix_latents(w, mu, np.array([2.0]), "dmr"), [[1.0, -4.0]])
+    with pytest.raises(ValueError, match="k must be 1"):
+        mix_latents(np.zeros((1, 2, 2)), np.zeros((1, 2, 2)), np.ones(1), "dmr")
+
+
+def test_eq7_dmr_mlm_mixes_marginals_then_scales():
+    w = np.array([[[1.0, 2.0], [3.0, 6.0]]], dtype=np.float32)
+    mu = np.array([[[1.0, 0.0], [1.0, 2.0]]], dtype=np.float32)
+    # marginals (0, 2), (2, 4) -> mean (1, 3) -> x3
+    np.testing.assert_allclose(mix_latents(w, mu, np.array([3.0]), "dmr_mlm"), [[3.0, 9.0]])
+
+
+def test_synthesis_removes_class_means(toy):
+    latents, labels = toy
+    means, _ = class_means(latents, labels, 10)
+    mixed, sources, lambdas = synthesize_latents(
+        latents, labels, means, method="dmr_mlm", k=5, num_samples=500, lambda_dist="uniform",
+        lambda_min=1.0, lambda_max=3.0, seed=0)
+    expected = lambdas[:, None] * (latents[sources] - means[labels[sources]]).mean(1)
+    np.testing.assert_allclose(mixed, expected, rtol=1e-5, atol=1e-5)
+    # the class offsets (3 * label) are gone: mixed latents are centred near 0, raw mixes are not
+    assert abs(mixed.mean()) < 0.3
+    raw, _, _ = synthesize_latents(latents, labels, means, method="mlm", k=5, num_samples=500,
+                                   lambda_dist="uniform", lambda_min=1.0, lambda_max=3.0, seed=0)
+    assert raw.mean() > 5
+
+
+def test_synthesis_is_deterministic_given_seed(toy):
+    latents, labels = toy
+    means, _ = class_means(latents, labels, 10)
+    kw = dict(method="dmr_mlm", k=3, num_samples=50, lambda_dist="choice", lambda_min=1.0, lambda_max=3.0)
+    a = synthesize_latents(latents, labels, means, seed=7, **kw)
+    b = synthesize_latents(latents, labels, means, seed=7, **kw)
+    c = synthesize_latents(latents, labels, means, seed=8, **kw)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[1], c[1])
