@@ -56,8 +56,9 @@ def train_rejection_head(
     head = RejectionHead(features.shape[1], hidden)
     loader = DataLoader(TensorDataset(features, targets), batch_size=batch_size, shuffle=True,
                         generator=generator)
+    # fused: the same SGD update in one kernel; the step over 8.4M weights otherwise costs ~40% of a batch on CPU
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
-                                weight_decay=weight_decay)
+                                weight_decay=weight_decay, fused=True)
     steps = max(1, epochs * len(loader))
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if schedule == "cosine"
                  else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))
