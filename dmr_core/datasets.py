@@ -70,14 +70,14 @@ def _safe_member_path(member: tarfile.TarInfo, archive: Path) -> PurePosixPath:
 
 
 def _decode_image(payload: bytes) -> tuple[np.ndarray | None, str | None]:
-    """Decode one image to 32×32 RGB; returns (array, None) or (None, reason-for-skip)."""
+    """Decode one image to 32×32 RGB; returns (array, None), (array, "converted_to_rgb") or (None, reason-for-skip)."""
     try:
         with Image.open(io.BytesIO(payload)) as img:
             img.load()
             if img.size != (IMAGE_SIZE, IMAGE_SIZE):
                 return None, "wrong_size"
             if img.mode != "RGB":
-                img = img.convert("RGB")
+                return np.asarray(img.convert("RGB"), dtype=np.uint8), "converted_to_rgb"
             return np.asarray(img, dtype=np.uint8), None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None, "undecodable"
@@ -97,7 +97,8 @@ def read_tar_split(
     With ``class_names`` the layout is ``<top>/<split>/<class>/<file>`` and labels index ``class_names``;
     a folder not in the list is an error, as is a class without images. Without it every image is
     OOD (label -1). ``per_class`` / ``max_images`` (0 = all) take a seeded random subset.
-    Files that are not images, or not 32×32, are skipped and counted in ``skipped``.
+    Files that are not images, or not 32×32, are skipped and counted in ``skipped``; images in another
+    mode (grayscale, palette, RGBA) are converted to RGB and counted as ``converted_to_rgb``.
     """
     if not archive.is_file():
         raise DataError(f"{archive} not found")
@@ -162,6 +163,7 @@ def read_tar_split(
                 array, reason = _decode_image(handle.read())
                 if reason:
                     skipped[reason] += 1
+                if array is None:
                     continue
                 images.append(array)
                 labels.append(label)
@@ -176,7 +178,7 @@ def read_tar_split(
         raise DataError(f"{archive}: no usable 32×32 images under {prefix}/ (skipped: {dict(skipped)})")
     return ImageSet(
         images=np.stack(images), labels=np.asarray(labels, dtype=np.int16),
-        class_names=list(class_names or []), source=str(archive), skipped=dict(skipped),
+        class_names=list(class_names or []), source=f"DMR_DATA_HOME/{archive.name}", skipped=dict(skipped),
     )
 
 
@@ -231,7 +233,7 @@ def _download_cifar10(split: str, per_class: int, seed: int) -> ImageSet:
             np.sort(rng.choice(np.flatnonzero(labels == c), per_class, replace=False)) for c in range(10)
         ])
         images, labels = images[keep], labels[keep]
-    return ImageSet(images, labels, list(CIFAR10_CLASSES), source=f"torchvision CIFAR10 ({root})")
+    return ImageSet(images, labels, list(CIFAR10_CLASSES), source="torchvision CIFAR10 download")
 
 
 def _downloaders() -> dict[str, Callable[[Path], object]]:
@@ -293,4 +295,4 @@ def load_ood_set(name: str, max_images: int = 0, seed: int = 0, gaussian_count: 
     except Exception as err:
         raise _missing(name, None, err) from None
     images = _from_torch_dataset(dataset, max_images, seed)
-    return ImageSet(images, np.full(len(images), -1, np.int16), [], source=f"download ({root})")
+    return ImageSet(images, np.full(len(images), -1, np.int16), [], source=f"download ({name})")

@@ -19,7 +19,6 @@ REPRESENTATIONS = ("logits", "penultimate", "feature_map")
 def main(params: Params) -> None:
     p = params.baselines
     model = load_classifier(CLASSIFIER)
-    needed = set()
     settings = PosthocSettings(vim_dim=p.vim_dim, knn_k=p.knn_k, react_percentile=p.react_percentile,
                                dice_p=p.dice_p, ash_percentile=p.ash_percentile, odin_eps=p.odin_eps,
                                odin_temperature=p.odin_temperature)

@@ -29,7 +29,7 @@ def main(params: Params) -> None:
             _save(image_set, out / "ood" / f"{name}.zarr", "ood_test")
             summary[name] = {"images": len(image_set.images), "skipped": image_set.skipped}
         for name, info in summary.items():
-            skipped = f", skipped {info['skipped']}" if info["skipped"] else ""
+            skipped = f", skipped or converted: {info['skipped']}" if info["skipped"] else ""
             print(f"{name}: {info['images']} images{skipped}")
     write_json(METRICS / "data.json", summary)
 

@@ -55,7 +55,7 @@ def test_non_images_and_wrong_sizes_are_skipped_and_counted(tmp_path):
     members["cifar10/train/dog/bad.jpg"] = b"not really a jpeg"
     members["cifar10/train/dog/gray.png"] = png(mode="L", value=7)  # converted, kept
     s = read_tar_split(make_tar(tmp_path / "c.tar", members), "cifar10", "train", CIFAR10_CLASSES)
-    assert s.skipped == {"not_an_image": 1, "wrong_size": 1, "undecodable": 1}
+    assert s.skipped == {"not_an_image": 1, "wrong_size": 1, "undecodable": 1, "converted_to_rgb": 1}
     assert len(s.images) == 31
 
 
