@@ -6,10 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm import tqdm
-
 from .classifier import CifarClassifier
-from .training import check_finite, random_crop_flip, seed_everything, to_float_images
+from .training import random_crop_flip, run_epochs, seed_everything, to_float_images
 
 
 def train_classifier(
@@ -35,21 +33,13 @@ def train_classifier(
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=momentum > 0,
                                 weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
-    history = []
-    for epoch in range(epochs):
-        total, count = 0.0, 0
-        progress = tqdm(loader, desc=f"classifier epoch {epoch + 1}/{epochs}", leave=False)
-        for step, (x, y) in enumerate(progress):
-            x = random_crop_flip(to_float_images(x), generator).to(device)
-            loss = F.cross_entropy(model(x), y.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += check_finite(loss, "classifier", epoch + 1, step) * len(y)
-            count += len(y)
-            progress.set_postfix(loss=f"{total / count:.3f}")
-        history.append(total / max(count, 1))
+
+    def batch_loss(batch):
+        x, y = batch
+        x = random_crop_flip(to_float_images(x), generator).to(device)
+        return F.cross_entropy(model(x), y.to(device)), len(y)
+
+    history = run_epochs(loader, batch_loss, optimizer, schedule, epochs=epochs, what="classifier")
     model.eval().requires_grad_(False)
     return history
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from .classifier import CheckpointError, load_checkpoint, load_state_dict_checked
-from .training import check_finite, seed_everything, to_float_images
+from .training import run_epochs, seed_everything, to_float_images
 
 
 @runtime_checkable
@@ -92,23 +92,15 @@ def train_generator(
                         generator=generator, drop_last=len(images) > batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
-    history = []
-    for epoch in range(epochs):
-        total, count = 0.0, 0
-        progress = tqdm(loader, desc=f"generator epoch {epoch + 1}/{epochs}", leave=False)
-        for step, (x,) in enumerate(progress):
-            x = to_float_images(x)
-            flip = torch.rand(len(x), generator=generator) < 0.5
-            x[flip] = x[flip].flip(3)
-            loss = model.loss(x.to(device), beta_kl)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += check_finite(loss, "generator", epoch + 1, step) * len(x)
-            count += len(x)
-            progress.set_postfix(loss=f"{total / count:.1f}")
-        history.append(total / max(count, 1))
+
+    def batch_loss(batch):
+        (x,) = batch
+        x = to_float_images(x)
+        flip = torch.rand(len(x), generator=generator) < 0.5
+        x[flip] = x[flip].flip(3)
+        return model.loss(x.to(device), beta_kl), len(x)
+
+    history = run_epochs(loader, batch_loss, optimizer, schedule, epochs=epochs, what="generator")
     model.eval().requires_grad_(False)
     return history
 

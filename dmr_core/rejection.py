@@ -15,10 +15,9 @@ import torch.nn.functional as F
 from pytorch_ood.api import FeaturesDetector
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm import tqdm
 
 from .classifier import CheckpointError, load_checkpoint, load_state_dict_checked
-from .training import check_finite, seed_everything
+from .training import run_epochs, seed_everything
 
 
 class RejectionHead(nn.Module):
@@ -62,20 +61,12 @@ def train_rejection_head(
     steps = max(1, epochs * len(loader))
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if schedule == "cosine"
                  else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))
-    history = []
-    for epoch in range(epochs):
-        total, count = 0.0, 0
-        progress = tqdm(loader, desc=f"rejection head epoch {epoch + 1}/{epochs}", leave=False)
-        for step, (x, y) in enumerate(progress):
-            loss = F.binary_cross_entropy_with_logits(head(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += check_finite(loss, "rejection head", epoch + 1, step) * len(y)
-            count += len(y)
-            progress.set_postfix(loss=f"{total / count:.4f}")
-        history.append(total / max(count, 1))
+
+    def batch_loss(batch):
+        x, y = batch
+        return F.binary_cross_entropy_with_logits(head(x), y), len(y)
+
+    history = run_epochs(loader, batch_loss, optimizer, scheduler, epochs=epochs, what="rejection head")
     head.eval().requires_grad_(False)
     return head, history
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,3 +57,32 @@ def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = 
     flip = torch.rand(n, generator=generator) < 0.5
     out[flip] = out[flip].flip(3)
     return out.contiguous()
+
+
+def run_epochs(
+    loader: Iterable,
+    batch_loss: Callable[[object], tuple[Tensor, int]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    epochs: int,
+    what: str,
+) -> list[float]:
+    """The shared training loop: per batch, ``batch_loss(batch) -> (loss, batch size)``, one optimiser and
+    scheduler step; stops at the first non-finite loss. Returns the mean loss of each epoch."""
+    history = []
+    for epoch in range(epochs):
+        total, count = 0.0, 0
+        progress = tqdm(loader, desc=f"{what} epoch {epoch + 1}/{epochs}", leave=False)
+        for step, batch in enumerate(progress):
+            loss, size = batch_loss(batch)
+            value = check_finite(loss, what, epoch + 1, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += value * size
+            count += size
+            progress.set_postfix(loss=f"{total / count:.4g}")
+        history.append(total / max(count, 1))
+    return history
