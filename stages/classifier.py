@@ -6,6 +6,7 @@ from dmr_core.artifacts import atomic_output, write_json
 from dmr_core.classifier import build_classifier, load_pretrained, save_classifier
 from dmr_core.classifier_training import accuracy, train_classifier
 from dmr_core.params import Params
+from dmr_core.training import seed_everything
 
 from ._common import CLASSIFIER, METRICS, id_split_path, read_image_set, run
 
@@ -14,6 +15,7 @@ def main(params: Params) -> None:
     p = params.classifier
     train_x, train_y, _ = read_image_set(id_split_path("train"))
     test_x, test_y, _ = read_image_set(id_split_path("test"))
+    seed_everything(p.seed)  # a from-scratch initialisation draws from the global RNG
     model = load_pretrained(p.arch) if p.init == "pretrained" else build_classifier(p.arch)
     before = accuracy(model, test_x, test_y) if p.init == "pretrained" else None
     history = train_classifier(

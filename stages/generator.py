@@ -9,7 +9,7 @@ from dmr_core.artifacts import atomic_output, write_json
 from dmr_core.generator import build_generator, decode_latents, encode_images, save_generator, train_generator
 from dmr_core.params import Params
 from dmr_core.plotting import save_image_grid
-from dmr_core.training import to_uint8_images
+from dmr_core.training import seed_everything, to_uint8_images
 
 from ._common import GENERATOR, METRICS, PLOTS, id_split_path, read_image_set, run
 
@@ -18,6 +18,7 @@ def main(params: Params) -> None:
     p = params.generator
     train_x, _, _ = read_image_set(id_split_path("train"))
     test_x, _, _ = read_image_set(id_split_path("test"))
+    seed_everything(p.seed)  # the weight initialisation draws from the global RNG
     model = build_generator(p.kind, latent_dim=p.latent_dim, base_channels=p.base_channels)
     history = train_generator(model, train_x, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
                               beta_kl=p.beta_kl, seed=p.seed)

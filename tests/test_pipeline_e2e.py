@@ -8,9 +8,10 @@ from conftest import make_tiny_project, needs_data, run, stages_run
 
 pytestmark = [needs_data, pytest.mark.e2e]
 
+SYNTH_BASELINES = {"mlm", "dmr", "mim", "kirby", "dmr_kirby"}
 ALL_STAGES = {"data", "classifier", "generator", "latents", "class_means", "ood_synth", "features",
-              "rejection_head", "eval"}
-DOWNSTREAM_OF_SYNTH = {"ood_synth", "rejection_head", "eval"}
+              "rejection_head", "eval", "baselines", "report"} | {f"synth_baseline@{v}" for v in SYNTH_BASELINES}
+DOWNSTREAM_OF_SYNTH = {"ood_synth", "rejection_head", "eval", "report"}
 
 
 def test_full_pipeline_produces_metrics_and_plots(tiny_project):
@@ -23,6 +24,28 @@ def test_full_pipeline_produces_metrics_and_plots(tiny_project):
         assert (tiny_project / "plots" / plot).stat().st_size > 0
     status = run(["dvc", "status"], tiny_project).stdout
     assert "up to date" in status
+
+
+def test_report_lists_every_method_and_set(tiny_project):
+    baselines = json.loads((tiny_project / "metrics" / "baselines.json").read_text())["detectors"]
+    assert set(baselines) == {"MSP", "ODIN", "Mahalanobis", "Energy", "Entropy", "MaxLogit", "KL-Matching", "ViM",
+                              "KNN", "ReAct", "DICE", "ASH"}
+    eval_fields = set(json.loads((tiny_project / "metrics" / "eval.json").read_text())["icons"])
+    for name, per_set in baselines.items():
+        assert set(per_set["icons"]) == eval_fields, name
+    for variant in SYNTH_BASELINES:
+        metrics = json.loads((tiny_project / "metrics" / "synth_baselines" / f"{variant}.json").read_text())
+        assert metrics["synthesised_images"] == (200 if variant == "dmr_kirby" else 100)
+        assert (tiny_project / "plots" / "synth_baselines" / f"{variant}.png").stat().st_size > 0
+    report = (tiny_project / "metrics" / "report.md").read_text()
+    for method in list(baselines) + ["DMR (DMR+MLM, eq. 7)", "MLM (eq. 4)", "DMR-single (eq. 6)", "MIM", "KIRBY",
+                                     "DMR + KIRBY"]:
+        assert f"| {method} |" in report, method
+    assert "Paper sets not evaluated here: svhn, textures, lsun_crop, tinyimagenet_crop, places365" in report
+    assert (tiny_project / "plots" / "report" / "mean_auroc.png").stat().st_size > 0
+    csv = (tiny_project / "metrics" / "report.csv").read_text().splitlines()
+    assert csv[0] == "method,kind,set,auroc,aupr_out,fpr95tpr,paper_auroc,paper_aupr_out"
+    assert len(csv) == 1 + 18 * 6  # 18 methods x (5 sets + mean)
 
 
 def test_second_repro_does_nothing(tiny_project):

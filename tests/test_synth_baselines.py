@@ -1,0 +1,65 @@
+"""The other OOD-synthesis methods produce valid images from a tiny dataset."""
+
+import numpy as np
+import torch
+
+from dmr_core.classifier import build_classifier
+from dmr_core.features import extract_features
+from dmr_core.kirby import class_activation_maps, erase_and_inpaint
+from dmr_core.posthoc import feature_maps_of
+from dmr_core.synth import pixel_mixup, sample_sources
+
+
+def tiny_images(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(n) % 10
+    return images, labels
+
+
+def test_mim_is_pixel_average_of_distinct_class_images():
+    images, labels = tiny_images()
+    sources = sample_sources(labels, 3, 25, np.random.default_rng(0))
+    mixed = pixel_mixup(images, sources)
+    assert mixed.shape == (25, 32, 32, 3) and mixed.dtype == np.uint8
+    expected = np.rint(images[sources].astype(np.float32).mean(1))
+    np.testing.assert_array_equal(mixed, expected.astype(np.uint8))
+    assert all(len(set(labels[row])) == 3 for row in sources)
+
+
+def test_cam_is_normalised_and_upsampled():
+    fmaps = torch.rand(4, 64, 8, 8)
+    weight = torch.randn(10, 64)
+    cams = class_activation_maps(fmaps, weight, torch.tensor([0, 3, 3, 9]))
+    assert cams.shape == (4, 32, 32)
+    assert cams.min() >= -1e-6 and cams.max() <= 1 + 1e-6
+    # the CAM of class y is the weighted channel sum for y
+    manual = (weight[3][:, None, None] * fmaps[1]).sum(0)
+    up = torch.nn.functional.interpolate(((manual - manual.min()) / (manual.max() - manual.min()))[None, None],
+                                         size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+    torch.testing.assert_close(cams[1], up)
+
+
+def test_kirby_erases_only_the_masked_region():
+    images, _ = tiny_images(6)
+    cams = np.zeros((6, 32, 32), np.float32)
+    cams[:, 8:20, 8:20] = 1.0
+    out = erase_and_inpaint(images, cams, threshold=0.3)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    outside = np.ones((32, 32), bool)
+    outside[8:20, 8:20] = False
+    np.testing.assert_array_equal(out[:, outside], images[:, outside])
+    assert (out[:, 8:20, 8:20] != images[:, 8:20, 8:20]).any()
+
+
+def test_kirby_from_a_real_classifier_cam():
+    images, _ = tiny_images(8)
+    model = build_classifier("resnet20").eval()
+    feats = extract_features(model, images, batch_size=4)
+    fmaps = feature_maps_of(feats["feature_map"], model.feature_channels)
+    cams = class_activation_maps(fmaps, model.classifier_head().weight.detach(),
+                                 torch.from_numpy(feats["logits"]).argmax(1)).numpy()
+    out = erase_and_inpaint(images, cams, 0.3)
+    assert out.shape == (8, 32, 32, 3)
+    changed = (out != images).any(-1).mean()
+    assert 0.0 < changed < 1.0
