@@ -166,6 +166,8 @@ def _first_error(err: ValidationError) -> str:
         return f"{key}: missing key (see the default params.yaml for its meaning)"
     if e["type"] == "extra_forbidden":
         return f"{key}: unknown key (a typo? allowed keys are those of the default params.yaml)"
+    if isinstance(e.get("input"), dict):  # a check across keys of one section
+        return f"{key}: {msg}"
     return f"{key} = {e.get('input')!r}: {msg}"
 
 
