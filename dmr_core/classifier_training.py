@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
+
 from .classifier import CifarClassifier
 from .training import random_crop_flip, run_epochs, seed_everything, to_float_images
 

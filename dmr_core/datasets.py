@@ -19,6 +19,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .errors import DataError  # noqa: F401  (re-exported)
+
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
@@ -34,8 +36,6 @@ OFFLINE_ARCHIVES = {
 }
 
 
-class DataError(ValueError):
-    """A dataset that is missing, corrupt, or holds content that cannot be used."""
 
 
 @dataclass

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from .classifier import CheckpointError, load_checkpoint, load_state_dict_checked
+from .checkpoints import load_checkpoint, load_state_dict_checked
+from .errors import CheckpointError
 from .training import run_epochs, seed_everything, to_float_images
 
 

@@ -23,8 +23,7 @@ OodSetName = Literal[
 ]
 
 
-class ParamsError(ValueError):
-    """Raised when params.yaml is missing a key or holds a value outside its allowed range."""
+from .errors import ParamsError  # noqa: F401  (re-exported)
 
 
 class _Section(BaseModel):

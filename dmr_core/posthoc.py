@@ -12,8 +12,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pytorch_ood.detector import (ASH, DICE, KNN, ODIN, EnergyBased, Entropy, KLMatching, Mahalanobis, MaxLogit,
-                                  MaxSoftmax, ReAct, ViM)
+from pytorch_ood.detector import (
+    ASH,
+    DICE,
+    KNN,
+    ODIN,
+    EnergyBased,
+    Entropy,
+    KLMatching,
+    Mahalanobis,
+    MaxLogit,
+    MaxSoftmax,
+    ReAct,
+    ViM,
+)
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm

@@ -16,7 +16,8 @@ from pytorch_ood.api import FeaturesDetector
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .classifier import CheckpointError, load_checkpoint, load_state_dict_checked
+from .checkpoints import load_checkpoint, load_state_dict_checked
+from .errors import CheckpointError
 from .training import run_epochs, seed_everything
 
 

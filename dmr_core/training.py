@@ -11,9 +11,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN or inf; training stops instead of producing garbage."""
+from .errors import NonFiniteLossError  # noqa: F401  (re-exported)
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -7,10 +7,8 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
-from dmr_core.classifier import CheckpointError
-from dmr_core.datasets import DataError
-from dmr_core.params import Params, ParamsError, load_params
-from dmr_core.training import NonFiniteLossError
+from dmr_core.errors import CheckpointError, DataError, NonFiniteLossError, ParamsError
+from dmr_core.params import Params, load_params
 
 DATASETS = Path("data/datasets")
 MODELS = Path("data/models")

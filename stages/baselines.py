@@ -10,8 +10,16 @@ from dmr_core.evaluation import evaluate_scores
 from dmr_core.params import Params
 from dmr_core.posthoc import PosthocSettings, fit_detectors, score_set
 
-from ._common import (CLASSIFIER, METRICS, feature_ood_sets, id_split_path, ood_set_path, read_features,
-                      read_image_set, run)
+from ._common import (
+    CLASSIFIER,
+    METRICS,
+    feature_ood_sets,
+    id_split_path,
+    ood_set_path,
+    read_features,
+    read_image_set,
+    run,
+)
 
 REPRESENTATIONS = ("logits", "penultimate", "feature_map")
 

@@ -23,8 +23,19 @@ from dmr_core.posthoc import feature_maps_of
 from dmr_core.rejection import DMRDetector, train_rejection_head
 from dmr_core.synth import pixel_mixup, sample_sources, synthesize_latents
 
-from ._common import (CLASS_MEANS, CLASSIFIER, GENERATOR, LATENTS, METRICS, PLOTS, feature_ood_sets, id_split_path,
-                      read_features, read_image_set, run)
+from ._common import (
+    CLASS_MEANS,
+    CLASSIFIER,
+    GENERATOR,
+    LATENTS,
+    METRICS,
+    PLOTS,
+    feature_ood_sets,
+    id_split_path,
+    read_features,
+    read_image_set,
+    run,
+)
 
 
 def latent_variant(params: Params, method: str) -> np.ndarray:

@@ -6,8 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from dmr_core.classifier import (CheckpointError, build_classifier, load_checkpoint, load_classifier,
-                                 load_pretrained, save_classifier)
+from dmr_core.classifier import (
+    CheckpointError,
+    build_classifier,
+    load_checkpoint,
+    load_classifier,
+    load_pretrained,
+    save_classifier,
+)
 from dmr_core.features import extract_features
 
 

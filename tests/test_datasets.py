@@ -8,8 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dmr_core.datasets import (CIFAR10_CLASSES, DataError, gaussian_noise, load_id_split, load_ood_set,
-                               read_tar_split)
+from dmr_core.datasets import CIFAR10_CLASSES, DataError, gaussian_noise, load_id_split, load_ood_set, read_tar_split
 
 
 def png(size=(32, 32), mode="RGB", value=0) -> bytes:

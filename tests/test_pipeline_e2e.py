@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from conftest import make_tiny_project, needs_data, run, stages_run
 
 pytestmark = [needs_data, pytest.mark.e2e]

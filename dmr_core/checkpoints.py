@@ -1,0 +1,47 @@
+"""Reading checkpoints safely (``weights_only=True``) and loading state dicts with errors that name keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .errors import CheckpointError
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> None:
+    """``load_state_dict`` that names the missing, unexpected and mis-shaped keys when they differ."""
+    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    own = model.state_dict()
+    for key in own:  # checkpoints from torch < 0.4.1 carry no BatchNorm step counters
+        if key.endswith("num_batches_tracked") and key not in state_dict:
+            state_dict[key] = torch.zeros_like(own[key])
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict) if state_dict[k].shape != own[k].shape
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if keys:
+                more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+                parts.append(f"{label}: {', '.join(keys[:5])}{more}")
+        raise CheckpointError(
+            f"{source} does not match {type(model).__name__}: " + "; ".join(parts)
+            + ". Is the architecture param right for this checkpoint?"
+        )
+    model.load_state_dict(state_dict)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint written by this project (or the pretrained files) safely."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found: run `dvc repro` to build it")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); delete it and re-run") from None
