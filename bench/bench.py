@@ -1,0 +1,102 @@
+"""Benchmark the DMR path of the pipeline on a fixed CIFAR-10 subset.
+
+Copies the project to a scratch folder, shrinks params.yaml to the subset, runs each stage of the DMR path
+through DVC one at a time, and prints wall time, images/s and peak RSS per stage, then the whole-path time
+and the time of a λ-only re-run. Writes the figures as JSON (default metrics/bench.json) so that
+`dvc metrics diff` shows speed regressions.
+
+    DMR_DATA_HOME=../shared/data python bench/bench.py --train-per-class 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DMR_PATH = ("data", "classifier", "generator", "latents", "class_means", "ood_synth", "features",
+            "rejection_head", "eval")
+
+
+def copy_project(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for name in filter(None, files.split("\0")):
+        if (ROOT / name).is_file() and not name.startswith(("metrics/", "plots/")) and name != "dvc.lock":
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=bench", "-c", "user.email=bench@dmr.invalid", "commit", "-qm", "bench"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """Run ``cmd``; return (wall seconds, peak RSS in MB of it and its descendants)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-per-class", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=ROOT / "metrics" / "bench.json")
+    args = parser.parse_args()
+    n_train = 10 * args.train_per_class
+    n_test = 10 * max(1, args.train_per_class // 5)
+    with tempfile.TemporaryDirectory(prefix="dmr-bench-") as tmp:
+        project = Path(tmp)
+        copy_project(project)
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params["data"].update(train_per_class=args.train_per_class, test_per_class=n_test // 10,
+                              ood_max=n_test, gaussian_count=n_test)
+        params["synth"]["num_samples"] = n_train
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        ood_images = n_test * len(params["data"]["ood_sets"])
+        images = {  # images each stage processes (passes × images)
+            "data": n_train + n_test + ood_images,
+            "classifier": n_train * params["classifier"]["epochs"] + n_test,
+            "generator": n_train * params["generator"]["epochs"] + n_test,
+            "latents": n_train, "class_means": n_train, "ood_synth": n_train,
+            "features": n_train + n_test + ood_images,
+            "rejection_head": 2 * n_train * params["head"]["epochs"] + n_train,
+            "eval": n_test + ood_images,
+        }
+        stages = {}
+        for stage in DMR_PATH:
+            wall, rss = timed(["dvc", "repro", "--single-item", stage], project)
+            stages[stage] = {"wall_s": round(wall, 2), "images_per_s": round(images[stage] / wall, 1),
+                             "peak_rss_mb": round(rss, 1)}
+            print(f"{stage:>15}: {wall:7.1f} s  {images[stage] / wall:9.1f} images/s  peak RSS {rss:7.1f} MB")
+        params["synth"]["lambda_max"] = 2.0
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        rerun, rerun_rss = timed(["dvc", "repro", "eval"], project)
+    full = sum(s["wall_s"] for s in stages.values())
+    print(f"{'DMR path':>15}: {full:7.1f} s;  λ-only re-run: {rerun:.1f} s ({100 * rerun / full:.0f} %)")
+    result = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "device": "cuda" if torch.cuda.is_available() else "cpu"},
+        "subset": {"train_images": n_train, "test_images": n_test, "ood_images": ood_images},
+        "stages": stages, "dmr_path_s": round(full, 2), "lambda_rerun_s": round(rerun, 2),
+        "lambda_rerun_peak_rss_mb": round(rerun_rss, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
