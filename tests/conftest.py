@@ -23,6 +23,13 @@ TINY_PARAMS = {
 }
 
 
+SYNTH_BASELINES = {"mlm", "dmr", "mim", "kirby", "dmr_kirby"}
+ALL_STAGES = {"data", "classifier", "generator", "latents", "class_means", "ood_synth", "features",
+              "rejection_head", "eval", "baselines", "report"} | {f"synth_baseline@{v}" for v in SYNTH_BASELINES}
+# what a change of a synth parameter (e.g. lambda_max) must re-run, and nothing else
+DOWNSTREAM_OF_SYNTH = {"ood_synth", "rejection_head", "eval", "report"}
+
+
 def data_home_available() -> bool:
     home = os.environ.get("DMR_DATA_HOME")
     return bool(home) and (Path(home) / "cifar10.tar").is_file()
