@@ -26,6 +26,11 @@ OodSetName = Literal[
 from .errors import ParamsError  # noqa: F401  (re-exported)
 
 
+def _check_lambda_range(lambda_min: float, lambda_max: float) -> None:
+    if lambda_min > lambda_max:
+        raise ValueError(f"lambda_min = {lambda_min} > lambda_max = {lambda_max}: need lambda_min <= lambda_max")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -85,8 +90,7 @@ class SynthParams(_Section):
 
     @model_validator(mode="after")
     def _ranges(self) -> "SynthParams":
-        if self.lambda_min > self.lambda_max:
-            raise ValueError(f"lambda_min = {self.lambda_min} > lambda_max = {self.lambda_max}: need lambda_min <= lambda_max")
+        _check_lambda_range(self.lambda_min, self.lambda_max)
         if self.method == "dmr" and self.k != 1:
             raise ValueError(f"k = {self.k} with method 'dmr' (eq. 6, a single latent): set k: 1 or use dmr_mlm")
         return self
@@ -134,8 +138,7 @@ class SynthBaselinesParams(_Section):
 
     @model_validator(mode="after")
     def _ranges(self) -> "SynthBaselinesParams":
-        if self.lambda_min > self.lambda_max:
-            raise ValueError(f"lambda_min = {self.lambda_min} > lambda_max = {self.lambda_max}: need lambda_min <= lambda_max")
+        _check_lambda_range(self.lambda_min, self.lambda_max)
         return self
 
 
