@@ -13,10 +13,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 NUM_ID_CLASSES = 10
-OFFLINE_OOD_SETS = ("textures_partial", "icons", "scenes_crop")
-GENERATED_OOD_SETS = ("gaussian", "gaussian_raw")
-DOWNLOAD_OOD_SETS = ("svhn", "textures", "lsun_crop", "tinyimagenet_crop", "places365", "cifar100")
-KNOWN_OOD_SETS = OFFLINE_OOD_SETS + GENERATED_OOD_SETS + DOWNLOAD_OOD_SETS
 OodSetName = Literal[
     "textures_partial", "icons", "scenes_crop", "gaussian", "gaussian_raw",
     "svhn", "textures", "lsun_crop", "tinyimagenet_crop", "places365", "cifar100",
@@ -173,29 +169,17 @@ def _first_error(err: ValidationError) -> str:
     return f"{key} = {e.get('input')!r}: {msg}"
 
 
-def parse_params(raw: dict[str, Any], sections: tuple[str, ...] | None = None) -> Params:
-    """Validate a params mapping; ``sections`` limits the check to those sections (others may be absent)."""
+def parse_params(raw: dict[str, Any]) -> Params:
+    """Validate a params mapping (the content of params.yaml)."""
     if not isinstance(raw, dict):
         raise ParamsError("invalid params: the file must hold a mapping of sections")
-    if sections is not None:
-        fields = Params.model_fields
-        sub = {name: fields[name].annotation.model_validate  for name in sections}  # type: ignore[union-attr]
-        out: dict[str, Any] = {}
-        for name, validate in sub.items():
-            if name not in raw:
-                raise ParamsError(f"invalid params: {name}: missing section")
-            try:
-                out[name] = validate(raw[name])
-            except ValidationError as err:
-                raise ParamsError(f"invalid params: {name}.{_first_error(err)}") from None
-        return Params.model_construct(**out)
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(f"invalid params: {_first_error(err)}") from None
 
 
-def load_params(path: str | Path = "params.yaml", sections: tuple[str, ...] | None = None) -> Params:
+def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``."""
     path = Path(path)
     if not path.is_file():
@@ -204,4 +188,4 @@ def load_params(path: str | Path = "params.yaml", sections: tuple[str, ...] | No
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ParamsError(f"invalid params: {path} is not valid YAML: {err}") from None
-    return parse_params(raw, sections)
+    return parse_params(raw)
