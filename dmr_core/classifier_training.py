@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
 from .classifier import CifarClassifier
+from .device import autocast, batch_loader, place_images, place_model, resolve_device
 from .training import random_crop_flip, run_epochs, seed_everything, to_float_images
 
 
@@ -22,23 +22,25 @@ def train_classifier(
     momentum: float,
     weight_decay: float,
     seed: int,
-    device: torch.device | str = "cpu",
+    device: torch.device | None = None,
 ) -> list[float]:
-    """SGD (nesterov) with a cosine schedule and crop/flip augmentation; returns the mean loss per epoch."""
+    """SGD (nesterov) with a cosine schedule and crop/flip augmentation; returns the mean loss per epoch.
+
+    The images stay resident on ``device`` (default: ``resolve_device()``) for the whole run."""
+    device = device or resolve_device()
     generator = seed_everything(seed)
-    model.to(device).train()
-    loader = DataLoader(
-        TensorDataset(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))),
-        batch_size=batch_size, shuffle=True, generator=generator, drop_last=len(images) > batch_size,
-    )
+    place_model(model, device).train()
+    loader = batch_loader(torch.from_numpy(images).to(device), torch.from_numpy(labels.astype(np.int64)).to(device),
+                          batch_size=batch_size, shuffle=True, generator=generator, drop_last=len(images) > batch_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=momentum > 0,
                                 weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
 
     def batch_loss(batch):
         x, y = batch
-        x = random_crop_flip(to_float_images(x), generator).to(device)
-        return F.cross_entropy(model(x), y.to(device)), len(y)
+        x = place_images(random_crop_flip(to_float_images(x), generator), device)
+        with autocast(device):
+            return F.cross_entropy(model(x), y), len(y)
 
     history = run_epochs(loader, batch_loss, optimizer, schedule, epochs=epochs, what="classifier")
     model.eval().requires_grad_(False)
@@ -47,10 +49,12 @@ def train_classifier(
 
 @torch.inference_mode()
 def predict_logits(model: CifarClassifier, images: np.ndarray, batch_size: int = 500,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
-    model.to(device).eval()
-    loader = DataLoader(TensorDataset(torch.from_numpy(images)), batch_size=batch_size)
-    return torch.cat([model(to_float_images(x).to(device)).float().cpu() for (x,) in loader])
+                   device: torch.device | None = None) -> torch.Tensor:
+    device = device or resolve_device()
+    place_model(model, device).eval()
+    with autocast(device):
+        return torch.cat([model(place_images(to_float_images(x), device)).float().cpu()
+                          for (x,) in batch_loader(torch.from_numpy(images), batch_size=batch_size)])
 
 
 def accuracy(model: CifarClassifier, images: np.ndarray, labels: np.ndarray, batch_size: int = 500) -> float:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from .classifier import CifarClassifier
+from .device import autocast, batch_loader, place_images, place_model, resolve_device
 from .training import to_float_images
 
 REPRESENTATIONS = ("feature_map", "penultimate", "logits")
@@ -16,16 +16,18 @@ REPRESENTATIONS = ("feature_map", "penultimate", "logits")
 @torch.inference_mode()
 def extract_features(
     model: CifarClassifier, images: np.ndarray, batch_size: int = 500, desc: str = "features",
-    device: torch.device | str = "cpu",
+    device: torch.device | None = None,
 ) -> dict[str, np.ndarray]:
     """The flattened last feature map (float16), penultimate vector and logits (float32) of every image."""
-    model.to(device).eval()
-    loader = DataLoader(TensorDataset(torch.from_numpy(np.asarray(images))), batch_size=batch_size)
+    device = device or resolve_device()
+    place_model(model, device).eval()
+    loader = batch_loader(torch.from_numpy(np.asarray(images)), batch_size=batch_size)
     n = len(images)
     out: dict[str, np.ndarray] = {}
     start = 0
     for (x,) in tqdm(loader, desc=desc, leave=False):
-        fmap = model.feature_map(to_float_images(x).to(device))
+        with autocast(device):
+            fmap = model.feature_map(place_images(to_float_images(x), device)).float()
         pen = model.penultimate(fmap)
         logits = model.logits_from_penultimate(pen)
         parts = {"feature_map": fmap.flatten(1).half(), "penultimate": pen, "logits": logits}

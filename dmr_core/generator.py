@@ -13,10 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from .checkpoints import load_checkpoint, load_state_dict_checked
+from .device import autocast, batch_loader, resolve_device
 from .errors import CheckpointError
 from .training import run_epochs, seed_everything, to_float_images
 
@@ -84,22 +84,26 @@ def build_generator(kind: str, **config) -> nn.Module:
 
 def train_generator(
     model: ConvVAE, images: np.ndarray, *, epochs: int, batch_size: int, lr: float, beta_kl: float, seed: int,
-    device: torch.device | str = "cpu",
+    device: torch.device | None = None,
 ) -> list[float]:
-    """Adam on the negative ELBO with random horizontal flips; returns the mean loss per epoch."""
+    """Adam on the negative ELBO with random horizontal flips; returns the mean loss per epoch.
+
+    The images stay resident on ``device`` (default: ``resolve_device()``)."""
+    device = device or resolve_device()
     generator = seed_everything(seed)
     model.to(device).train()
-    loader = DataLoader(TensorDataset(torch.from_numpy(images)), batch_size=batch_size, shuffle=True,
-                        generator=generator, drop_last=len(images) > batch_size)
+    loader = batch_loader(torch.from_numpy(images).to(device), batch_size=batch_size, shuffle=True,
+                          generator=generator, drop_last=len(images) > batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
 
     def batch_loss(batch):
         (x,) = batch
         x = to_float_images(x)
-        flip = torch.rand(len(x), generator=generator) < 0.5
+        flip = (torch.rand(len(x), generator=generator) < 0.5).to(device)
         x[flip] = x[flip].flip(3)
-        return model.loss(x.to(device), beta_kl), len(x)
+        with autocast(device):
+            return model.loss(x, beta_kl), len(x)
 
     history = run_epochs(loader, batch_loss, optimizer, schedule, epochs=epochs, what="generator")
     model.eval().requires_grad_(False)
@@ -107,17 +111,24 @@ def train_generator(
 
 
 @torch.inference_mode()
-def encode_images(model: Generator, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+def encode_images(model: Generator, images: np.ndarray, batch_size: int = 512,
+                  device: torch.device | None = None) -> np.ndarray:
     """w = E(x) for uint8 N×32×32×3 images, as float32."""
-    loader = DataLoader(TensorDataset(torch.from_numpy(images)), batch_size=batch_size)
-    out = [model.encode(to_float_images(x)).float() for (x,) in tqdm(loader, desc="encode", leave=False)]
+    device = device or resolve_device()
+    model.to(device)
+    loader = batch_loader(torch.from_numpy(images), batch_size=batch_size)
+    with autocast(device):
+        out = [model.encode(to_float_images(x.to(device))).float().cpu()
+               for (x,) in tqdm(loader, desc="encode", leave=False)]
     return torch.cat(out).numpy()
 
 
 @torch.inference_mode()
 def decode_latents(model: Generator, latents: Tensor) -> Tensor:
-    """G(w) as float images in [0, 1]."""
-    return model.decode(latents.float()).clamp(0, 1)
+    """G(w) as float images in [0, 1], on the device of ``model``."""
+    device = next(model.parameters()).device if isinstance(model, nn.Module) else torch.device("cpu")
+    with autocast(device):
+        return model.decode(latents.to(device).float()).float().clamp(0, 1)
 
 
 def save_generator(model: nn.Module, kind: str, path, extra: dict | None = None) -> None:
@@ -138,6 +149,7 @@ def decode_to_images(model: Generator, latents: np.ndarray, batch_size: int = 51
     """G(w) for many latents, batched, as uint8 N×32×32×3."""
     from .training import to_uint8_images
 
+    model.to(resolve_device())
     out = np.empty((len(latents), 32, 32, 3), np.uint8)
     for start in tqdm(range(0, len(latents), batch_size), desc="decode", leave=False):
         batch = torch.from_numpy(latents[start:start + batch_size])

@@ -10,6 +10,12 @@ methods mix latents of k images drawn from k *distinct* classes:
 
 λ, the emphasis factor, is drawn per sample: U(λ_min, λ_max) as in the paper (1–3), or from
 {λ_min, λ_max} with p = ½ each as in the authors' notebooks. MLM has no λ (stored as 1).
+
+A blurry generator G lets the rejection head separate "sharp = ID" from "smooth = OOD" (see the design
+notes). ``mix_detail`` / ``add_detail`` optionally give the decoded sample the fine detail its sources
+lost in G(E(x)): the residuals r = x − G(E(x)) of the k sources, summed and divided by √k so that the
+mixture keeps the energy of one residual (for independent residuals). (E, G) plus the residual is then a
+lossless two-level code; the class-mean subtraction and mixing of eqs. 4–7 still act on the latent w.
 Everything here is pure array math; the stage decodes the mixed latents with G.
 """
 
@@ -99,6 +105,24 @@ def synthesize_latents(
     source_labels = np.asarray(labels).astype(np.int64)[sources]
     mixed = mix_latents(latents[sources], means[source_labels], lambdas, method)
     return mixed.astype(np.float32), sources, lambdas
+
+
+def reconstruction_residuals(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
+    """r = x − G(E(x)) per pixel, as int16 in [−255, 255] (uint8 N×H×W×C in)."""
+    if images.shape != reconstructions.shape:
+        raise ValueError(f"images {images.shape} and reconstructions {reconstructions.shape} differ in shape")
+    return images.astype(np.int16) - reconstructions.astype(np.int16)
+
+
+def mix_detail(source_residuals: np.ndarray) -> np.ndarray:
+    """Σ_i r_i / √k over the k sources of each sample: (n, k, H, W, C) int16 → (n, H, W, C) float32."""
+    k = source_residuals.shape[1]
+    return source_residuals.astype(np.float32).sum(axis=1) / np.float32(np.sqrt(k))
+
+
+def add_detail(decoded: np.ndarray, detail: np.ndarray) -> np.ndarray:
+    """G(w) + detail, rounded and clipped to uint8."""
+    return np.clip(np.rint(decoded.astype(np.float32) + detail), 0, 255).astype(np.uint8)
 
 
 def pixel_mixup(images: np.ndarray, sources: np.ndarray) -> np.ndarray:

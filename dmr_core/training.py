@@ -46,13 +46,14 @@ def random_crop_flip(images: Tensor, generator: torch.Generator, padding: int = 
     """Standard CIFAR augmentation (pad-4 random crop + horizontal flip), per sample, vectorised."""
     n, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (padding,) * 4, mode="reflect")
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    rows = dy[:, None] + torch.arange(h)[None, :]
-    cols = dx[:, None] + torch.arange(w)[None, :]
-    batch = torch.arange(n)[:, None, None]
+    # drawn on the CPU generator so a GPU run sees the same crops as a CPU run
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(images.device)
+    rows = dy[:, None] + torch.arange(h, device=images.device)[None, :]
+    cols = dx[:, None] + torch.arange(w, device=images.device)[None, :]
+    batch = torch.arange(n, device=images.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    flip = torch.rand(n, generator=generator) < 0.5
+    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
     out[flip] = out[flip].flip(3)
     return out.contiguous()
 

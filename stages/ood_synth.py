@@ -8,7 +8,7 @@ from dmr_core.artifacts import open_zarr, save_zarr
 from dmr_core.generator import decode_to_images, load_generator
 from dmr_core.params import Params
 from dmr_core.plotting import save_image_grid
-from dmr_core.synth import synthesize_latents
+from dmr_core.synth import add_detail, mix_detail, synthesize_latents
 
 from ._common import CLASS_MEANS, GENERATOR, LATENTS, OOD_SYNTH, PLOTS, run
 
@@ -23,10 +23,15 @@ def main(params: Params) -> None:
         lambda_dist=p.lambda_dist, lambda_min=p.lambda_min, lambda_max=p.lambda_max, seed=p.seed,
     )
     images = decode_to_images(load_generator(GENERATOR), mixed, batch_size=p.batch_size)
+    if p.detail == "residual":
+        residuals = np.asarray(latent_group["residuals"][:])
+        for start in range(0, len(images), p.batch_size):
+            rows = slice(start, start + p.batch_size)
+            images[rows] = add_detail(images[rows], mix_detail(residuals[sources[rows]]))
     save_zarr(OOD_SYNTH, {
         "images": images, "lambdas": lambdas, "source_indices": sources.astype(np.int32),
         "source_labels": labels[sources].astype(np.int16),
-    }, attrs={"method": p.method, "k": p.k, "lambda_dist": p.lambda_dist})
+    }, attrs={"method": p.method, "k": p.k, "lambda_dist": p.lambda_dist, "detail": p.detail})
     print(f"ood_synth: {len(images)} images, method {p.method}, k {p.k}, "
           f"lambda {lambdas.min():.2f}..{lambdas.max():.2f}")
     order = np.argsort(lambdas, kind="stable")
@@ -35,7 +40,8 @@ def main(params: Params) -> None:
         pick = chunk[np.linspace(0, len(chunk) - 1, min(16, len(chunk))).astype(int)]
         rows.append((f"{band} λ ({lambdas[pick].min():.2f}–{lambdas[pick].max():.2f})", images[pick]))
     save_image_grid(rows, PLOTS / "ood_synth" / "samples.png", ncols=16,
-                    title=f"synthesised OOD: {p.method}, k={p.k}, λ {p.lambda_dist} [{p.lambda_min}, {p.lambda_max}]")
+                    title=f"synthesised OOD: {p.method}, k={p.k}, λ {p.lambda_dist} [{p.lambda_min}, {p.lambda_max}], "
+                          f"detail {p.detail}")
 
 
 if __name__ == "__main__":

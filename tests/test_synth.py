@@ -3,7 +3,16 @@
 import numpy as np
 import pytest
 
-from dmr_core.synth import class_means, mix_latents, sample_lambdas, sample_sources, synthesize_latents
+from dmr_core.synth import (
+    add_detail,
+    class_means,
+    mix_detail,
+    mix_latents,
+    reconstruction_residuals,
+    sample_lambdas,
+    sample_sources,
+    synthesize_latents,
+)
 
 
 @pytest.fixture
@@ -114,3 +123,28 @@ def test_synthesis_is_deterministic_given_seed(toy):
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(a[1], c[1])
+
+
+def test_residual_restores_the_image_exactly():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    recon = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    residuals = reconstruction_residuals(images, recon)
+    assert residuals.dtype == np.int16 and residuals.min() >= -255 and residuals.max() <= 255
+    # k = 1: G(E(x)) + r gives x back, so (E, G) with the residual is lossless
+    np.testing.assert_array_equal(add_detail(recon, mix_detail(residuals[:, None])), images)
+
+
+def test_mixed_detail_keeps_the_energy_of_one_residual():
+    rng = np.random.default_rng(1)
+    residuals = rng.normal(0, 20, (2000, 5, 4, 4, 3)).round().astype(np.int16)
+    mixed = mix_detail(residuals)
+    assert mixed.shape == (2000, 4, 4, 3)
+    np.testing.assert_allclose(mixed[0], residuals[0].astype(np.float32).sum(0) / np.sqrt(5), rtol=1e-6)
+    assert abs(mixed.std() / residuals.std() - 1) < 0.02
+
+
+def test_add_detail_clips_to_uint8():
+    decoded = np.array([[250, 5, 100]], dtype=np.uint8)
+    out = add_detail(decoded, np.array([[10.0, -10.0, 0.4]], dtype=np.float32))
+    np.testing.assert_array_equal(out, [[255, 0, 100]])
