@@ -1,11 +1,15 @@
-"""Benchmark the DMR path of the pipeline on a fixed CIFAR-10 subset.
+"""Benchmark the pipeline on a fixed CIFAR-10 subset.
 
-Copies the project to a scratch folder, shrinks params.yaml to the subset, runs each stage of the DMR path
-through DVC one at a time, and prints wall time, images/s and peak RSS per stage, then the whole-path time
-and the time of a λ-only re-run. Writes the figures as JSON (default metrics/bench.json) so that
-`dvc metrics diff` shows speed regressions.
+Copies the project (the working tree's committed files, or ``--ref``) to a scratch folder, shrinks
+params.yaml to the subset, runs each stage of the DMR path through DVC one at a time, and prints wall time,
+images/s and peak RSS per stage (encode = latents, synthesize = ood_synth, feature extraction = features,
+head training = rejection_head), then the rest of the pipeline (post-hoc and synthesis baselines, report),
+the full-run time and the time of a λ-only re-run. Writes the figures as JSON (default
+metrics/bench.json) so that `dvc metrics diff` shows speed regressions. ``--compare REF`` benchmarks an
+older commit in the same invocation and prints both side by side.
 
-    DMR_DATA_HOME=../shared/data python bench/bench.py --train-per-class 1000
+    DMR_DATA_HOME=../shared/data python bench/bench.py --train-per-class 500
+    DMR_DATA_HOME=../shared/data python bench/bench.py --compare <old-commit> --out /tmp/bench.json
 """
 
 from __future__ import annotations
@@ -28,12 +32,19 @@ DMR_PATH = ("data", "classifier", "generator", "latents", "class_means", "ood_sy
             "rejection_head", "eval")
 
 
-def copy_project(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    for name in filter(None, files.split("\0")):
-        if (ROOT / name).is_file() and not name.startswith(("metrics/", "plots/")) and name != "dvc.lock":
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
+def copy_project(dest: Path, ref: str | None = None) -> None:
+    """The tracked files of the working tree (or of commit ``ref``), without results and lock."""
+    if ref is not None:
+        archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+        for name in ("dvc.lock",):
+            (dest / name).unlink(missing_ok=True)
+    else:
+        files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        for name in filter(None, files.split("\0")):
+            if (ROOT / name).is_file() and not name.startswith(("metrics/", "plots/")) and name != "dvc.lock":
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / name, dest / name)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=bench", "-c", "user.email=bench@dmr.invalid", "commit", "-qm", "bench"]):
         subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
@@ -52,20 +63,19 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-per-class", type=int, default=1000)
-    parser.add_argument("--out", type=Path, default=ROOT / "metrics" / "bench.json")
-    args = parser.parse_args()
-    n_train = 10 * args.train_per_class
-    n_test = 10 * max(1, args.train_per_class // 5)
+def bench(train_per_class: int, ref: str | None = None) -> dict:
+    """Benchmark the working tree (or commit ``ref``); returns the figures and prints them as it goes."""
+    n_train = 10 * train_per_class
+    n_test = 10 * max(1, train_per_class // 5)
+    print(f"--- {ref or 'working tree'}: {n_train} train images")
     with tempfile.TemporaryDirectory(prefix="dmr-bench-") as tmp:
         project = Path(tmp)
-        copy_project(project)
+        copy_project(project, ref)
         params = yaml.safe_load((project / "params.yaml").read_text())
         params["data"].update(train_per_class=args.train_per_class, test_per_class=n_test // 10,
                               ood_max=n_test, gaussian_count=n_test)
         params["synth"]["num_samples"] = n_train
+        params["synth_baselines"]["num_samples"] = n_train
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         ood_images = n_test * len(params["data"]["ood_sets"])
         images = {  # images each stage processes (passes × images)
@@ -83,19 +93,44 @@ def main() -> None:
             stages[stage] = {"wall_s": round(wall, 2), "images_per_s": round(images[stage] / wall, 1),
                              "peak_rss_mb": round(rss, 1)}
             print(f"{stage:>15}: {wall:7.1f} s  {images[stage] / wall:9.1f} images/s  peak RSS {rss:7.1f} MB")
+        dmr_path = sum(s["wall_s"] for s in stages.values())
+        rest, rest_rss = timed(["dvc", "repro"], project)
+        print(f"{'baselines+report':>15}: {rest:7.1f} s  peak RSS {rest_rss:7.1f} MB")
         params["synth"]["lambda_max"] = 2.0
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        rerun, rerun_rss = timed(["dvc", "repro", "eval"], project)
-    full = sum(s["wall_s"] for s in stages.values())
-    print(f"{'DMR path':>15}: {full:7.1f} s;  λ-only re-run: {rerun:.1f} s ({100 * rerun / full:.0f} %)")
-    result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "device": "cuda" if torch.cuda.is_available() else "cpu"},
+        rerun, rerun_rss = timed(["dvc", "repro"], project)
+    full = dmr_path + rest
+    print(f"{'DMR path':>15}: {dmr_path:7.1f} s;  full run {full:.1f} s;  λ-only re-run: {rerun:.1f} s "
+          f"({100 * rerun / full:.0f} % of the full run)")
+    return {
         "subset": {"train_images": n_train, "test_images": n_test, "ood_images": ood_images},
-        "stages": stages, "dmr_path_s": round(full, 2), "lambda_rerun_s": round(rerun, 2),
+        "stages": stages, "dmr_path_s": round(dmr_path, 2), "baselines_and_report_s": round(rest, 2),
+        "baselines_and_report_peak_rss_mb": round(rest_rss, 1), "full_run_s": round(full, 2),
+        "lambda_rerun_s": round(rerun, 2), "lambda_rerun_pct_of_full": round(100 * rerun / full, 1),
         "lambda_rerun_peak_rss_mb": round(rerun_rss, 1),
+        "peak_rss_mb": round(max([rest_rss, rerun_rss] + [s["peak_rss_mb"] for s in stages.values()]), 1),
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-per-class", type=int, default=500)
+    parser.add_argument("--compare", metavar="REF", help="also benchmark this git commit, side by side")
+    parser.add_argument("--out", type=Path, default=ROOT / "metrics" / "bench.json")
+    args = parser.parse_args()
+    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}}
+    result.update(bench(args.train_per_class))
+    if args.compare:
+        before = bench(args.train_per_class, args.compare)
+        print(f"\n{'stage':>15} | {args.compare[:10]:>12} | {'now':>8} | speed-up")
+        for stage, now in result["stages"].items():
+            old = before["stages"][stage]["wall_s"]
+            print(f"{stage:>15} | {old:10.1f} s | {now['wall_s']:6.1f} s | {old / now['wall_s']:5.2f}×")
+        for key in ("dmr_path_s", "full_run_s", "lambda_rerun_s"):
+            print(f"{key:>15} | {before[key]:10.1f} s | {result[key]:6.1f} s | {before[key] / result[key]:5.2f}×")
+        result["compared_with"] = {"ref": args.compare, **before}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 

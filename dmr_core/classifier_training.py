@@ -47,12 +47,11 @@ def train_classifier(
     return history
 
 
-@torch.inference_mode()
 def predict_logits(model: CifarClassifier, images: np.ndarray, batch_size: int = 500,
                    device: torch.device | None = None) -> torch.Tensor:
     device = device or resolve_device()
-    place_model(model, device).eval()
-    with autocast(device):
+    place_model(model, device).eval()  # outside inference mode: the weights must stay trainable
+    with torch.inference_mode(), autocast(device):
         return torch.cat([model(place_images(to_float_images(x), device)).float().cpu()
                           for (x,) in batch_loader(torch.from_numpy(images), batch_size=batch_size)])
 

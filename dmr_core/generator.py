@@ -110,14 +110,13 @@ def train_generator(
     return history
 
 
-@torch.inference_mode()
 def encode_images(model: Generator, images: np.ndarray, batch_size: int = 512,
                   device: torch.device | None = None) -> np.ndarray:
     """w = E(x) for uint8 N×32×32×3 images, as float32."""
     device = device or resolve_device()
-    model.to(device)
+    model.to(device)  # outside inference mode, so a model still in training keeps trainable weights
     loader = batch_loader(torch.from_numpy(images), batch_size=batch_size)
-    with autocast(device):
+    with torch.inference_mode(), autocast(device):
         out = [model.encode(to_float_images(x.to(device))).float().cpu()
                for (x,) in tqdm(loader, desc="encode", leave=False)]
     return torch.cat(out).numpy()

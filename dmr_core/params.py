@@ -110,9 +110,12 @@ class HeadParams(_Section):
     seed: int = Field(ge=0)
 
 
+DetectorName = Literal["MSP", "ODIN", "Mahalanobis", "Energy", "Entropy", "MaxLogit", "KL-Matching", "ViM", "KNN",
+                       "ReAct", "DICE", "ASH"]
+
+
 class BaselinesParams(_Section):
-    detectors: list[Literal["MSP", "ODIN", "Mahalanobis", "Energy", "Entropy", "MaxLogit", "KL-Matching", "ViM",
-                            "KNN", "ReAct", "DICE", "ASH"]] = Field(min_length=1)
+    detectors: list[DetectorName] = Field(min_length=1)
     vim_dim: int = Field(ge=1)
     knn_k: int = Field(ge=1)
     react_percentile: float = Field(gt=0, lt=1)
@@ -142,6 +145,7 @@ class SynthBaselinesParams(_Section):
 class EvalParams(_Section):
     histogram_bins: int = Field(ge=2)
     roc_points: int = Field(ge=2)
+    combine_with: DetectorName | Literal["none"]
 
 
 class Params(_Section):

@@ -19,6 +19,7 @@ LATENTS = Path("data/latents.zarr")
 CLASS_MEANS = Path("data/class_means.zarr")
 OOD_SYNTH = Path("data/ood_synth.zarr")
 FEATURES = Path("data/features.zarr")
+POSTHOC_SCORES = Path("data/posthoc_scores.zarr")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 

@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,3 +41,20 @@ def test_extract_features_returns_all_representations():
 def test_pretrained_resnet20_loads_and_predicts():
     model = load_pretrained("resnet20").eval()
     assert model(torch.rand(3, 3, 32, 32)).shape == (3, 10)
+
+
+def test_model_stays_trainable_after_inference():
+    """Scoring (features, accuracy) must not turn the weights into inference tensors."""
+    from dmr_core.classifier import build_classifier
+    from dmr_core.classifier_training import predict_logits, train_classifier
+    from dmr_core.features import extract_features
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(8) % 10
+    model = build_classifier("resnet20")
+    predict_logits(model, images, batch_size=4)
+    extract_features(model, images, batch_size=4)
+    history = train_classifier(model, images, labels, epochs=1, batch_size=4, lr=0.01, momentum=0.9,
+                               weight_decay=0.0, seed=0)
+    assert len(history) == 1 and np.isfinite(history[0])
