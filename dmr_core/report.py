@@ -31,6 +31,8 @@ def collect(eval_metrics: dict, baselines: dict, synth_baselines: dict[str, dict
 
     methods = {name: ("post-hoc", per_set(m)) for name, m in baselines.get("detectors", {}).items()}
     methods[DMR_NAME] = ("synthesis", per_set(eval_metrics))
+    if "combined" in eval_metrics:  # an extra row, never a replacement for DMR's own
+        methods[eval_metrics["combined"]["method"] + " (combined)"] = ("combined", per_set(eval_metrics["combined"]))
     for variant, m in synth_baselines.items():
         methods[SYNTH_NAMES.get(variant, variant)] = ("synthesis", per_set(m))
     return methods

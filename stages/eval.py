@@ -1,4 +1,8 @@
-"""Stage eval: DMR's OOD metrics on CIFAR-10 test vs every OOD test set, plus ROC and histogram plots."""
+"""Stage eval: DMR's OOD metrics on CIFAR-10 test vs every OOD test set, plus ROC and histogram plots.
+
+With ``eval.combine_with`` set, also the metrics of DMR + that post-hoc detector (dmr_core/combine.py), as a
+separate entry ``combined`` of metrics/eval.json.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,28 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dmr_core.artifacts import atomic_output, write_json
+from dmr_core.artifacts import atomic_output, open_zarr, write_json
+from dmr_core.combine import combined_scores
+from dmr_core.errors import ParamsError
 from dmr_core.evaluation import evaluate_scores, roc_points
 from dmr_core.params import Params
 from dmr_core.plotting import save_roc_plot, save_score_histograms
 from dmr_core.rejection import DMRDetector, load_head
 
-from ._common import METRICS, PLOTS, REJECTION_HEAD, feature_ood_sets, read_features, run
+from ._common import METRICS, PLOTS, POSTHOC_SCORES, REJECTION_HEAD, feature_ood_sets, read_features, run
+
+
+def combine(detector_name: str, dmr_id: np.ndarray, dmr_ood: dict[str, np.ndarray], dmr_reference: np.ndarray) -> dict:
+    """Metrics of DMR + the named post-hoc detector, whose scores the baselines stage kept."""
+    group = open_zarr(POSTHOC_SCORES, "the post-hoc scores (stage baselines)")
+    if detector_name not in group:
+        raise ParamsError(f"eval.combine_with = {detector_name!r} is not among the scored detectors; add it to baselines.detectors")
+    posthoc = group[detector_name]
+    ref = np.asarray(posthoc["id_train_reference"][:])
+    id_scores = combined_scores(dmr_id, np.asarray(posthoc["id_test"][:]), dmr_reference, ref)
+    ood = {name: combined_scores(values, np.asarray(posthoc[name][:]), dmr_reference, ref)
+           for name, values in dmr_ood.items()}
+    return {"method": f"DMR + {detector_name}", **evaluate_scores(id_scores, ood)}
 
 
 def main(params: Params) -> None:
@@ -25,9 +44,17 @@ def main(params: Params) -> None:
     id_scores = scores("id_test")
     ood_scores = {name: scores(f"ood/{name}") for name in feature_ood_sets()}
     results = evaluate_scores(id_scores, ood_scores)
-    write_json(METRICS / "eval.json", {"method": "DMR (rejection head)", "feature": feature, **results})
+    payload = {"method": "DMR (rejection head)", "feature": feature, **results}
+    if params.eval.combine_with != "none":
+        reference_rows = np.asarray(open_zarr(POSTHOC_SCORES, "the post-hoc scores (stage baselines)")
+                                    ["reference_indices"][:])
+        dmr_reference = scores("id_train")[reference_rows]
+        payload["combined"] = combine(params.eval.combine_with, id_scores, ood_scores, dmr_reference)
+    write_json(METRICS / "eval.json", payload)
     for name, m in results.items():
         print(f"{name:>18}: AUROC {m['AUROC']:6.2f}  AUPR-OUT {m['AUPR-OUT']:6.2f}  FPR95 {m['FPR95TPR']:6.2f}")
+    if "combined" in payload:
+        print(f"{payload['combined']['method']}: mean AUROC {payload['combined']['mean']['AUROC']:.2f}")
 
     curves = {}
     with atomic_output(PLOTS / "eval" / "roc") as roc_dir:
