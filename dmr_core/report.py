@@ -82,6 +82,9 @@ def render_markdown(table: pd.DataFrame, evaluated_sets: list[str], classifier: 
         "textures_partial holds 10 of the 47 DTD categories and is not comparable with the paper's Textures.",
         "",
     ]
+    if (table["kind"] == "combined").any():
+        lines += ["Rows of kind *combined* add a post-hoc score to DMR's (each standardised on ID-train scores; "
+                  "`eval.combine_with`). They are reported beside DMR, not instead of it.", ""]
     for metric, label in (("auroc", "AUROC"), ("aupr_out", "AUPR-OUT")):
         paper_col = "paper_" + metric
         best = {s: table[table["set"] == s][metric].max() for s in sets}

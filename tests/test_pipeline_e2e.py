@@ -33,13 +33,15 @@ def test_report_lists_every_method_and_set(tiny_project):
         assert (tiny_project / "plots" / "synth_baselines" / f"{variant}.png").stat().st_size > 0
     report = (tiny_project / "metrics" / "report.md").read_text()
     for method in list(baselines) + ["DMR (DMR+MLM, eq. 7)", "MLM (eq. 4)", "DMR-single (eq. 6)", "MIM", "KIRBY",
-                                     "DMR + KIRBY"]:
+                                     "DMR + KIRBY", "DMR + KNN (combined)"]:
         assert f"| {method} |" in report, method
     assert "Paper sets not evaluated here: svhn, textures, lsun_crop, tinyimagenet_crop, places365" in report
     assert (tiny_project / "plots" / "report" / "mean_auroc.png").stat().st_size > 0
     csv = (tiny_project / "metrics" / "report.csv").read_text().splitlines()
     assert csv[0] == "method,kind,set,auroc,aupr_out,fpr95tpr,paper_auroc,paper_aupr_out"
-    assert len(csv) == 1 + 18 * 6  # 18 methods x (5 sets + mean)
+    assert len(csv) == 1 + 19 * 6  # 18 methods and the combined row x (5 sets + mean)
+    combined = json.loads((tiny_project / "metrics" / "eval.json").read_text())["combined"]
+    assert combined["method"] == "DMR + KNN" and set(combined["icons"]) == eval_fields
 
 
 def test_lambda_change_reruns_only_synthesis_head_and_eval(tiny_project):
