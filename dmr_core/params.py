@@ -80,7 +80,8 @@ class SynthParams(_Section):
     lambda_dist: Literal["uniform", "choice"]
     lambda_min: float = Field(gt=0)
     lambda_max: float = Field(gt=0)
-    detail: Literal["none", "residual"]
+    detail: Literal["none", "residual", "residual_dmr"]
+    detail_fraction: float = Field(gt=0, le=1)
     num_samples: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     seed: int = Field(ge=0)

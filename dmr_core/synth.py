@@ -12,10 +12,12 @@ methods mix latents of k images drawn from k *distinct* classes:
 {λ_min, λ_max} with p = ½ each as in the authors' notebooks. MLM has no λ (stored as 1).
 
 A blurry generator G lets the rejection head separate "sharp = ID" from "smooth = OOD" (see the design
-notes). ``mix_detail`` / ``add_detail`` optionally give the decoded sample the fine detail its sources
-lost in G(E(x)): the residuals r = x − G(E(x)) of the k sources, summed and divided by √k so that the
-mixture keeps the energy of one residual (for independent residuals). (E, G) plus the residual is then a
-lossless two-level code; the class-mean subtraction and mixing of eqs. 4–7 still act on the latent w.
+notes). The residual r = x − G(E(x)) holds the fine detail G loses; (w, r) is then a lossless two-level
+code of x. Two ways to give a synthesised sample fine detail (``detail`` in the stage):
+
+- ``residual``:     x = G(w_mix) + Σ_i r_i / √k  (``mix_detail``; keeps the energy of one residual)
+- ``residual_dmr``: x = G(w_mix) + r_mix, where r_mix is the same equation (4 / 6 / 7) as w_mix, applied
+  to the residuals with their own class means and the same λ (``mix_latents`` on r).
 Everything here is pure array math; the stage decodes the mixed latents with G.
 """
 

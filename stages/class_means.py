@@ -1,4 +1,4 @@
-"""Stage class_means: μ_y, the mean latent of each ID class, with its image count."""
+"""Stage class_means: μ_y, the mean latent (and mean residual x − G(E(x))) of each ID class, with its image count."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ from ._common import CLASS_MEANS, LATENTS, run
 def main(params: Params) -> None:
     group = open_zarr(LATENTS, "the latents (stage latents)")
     class_names = group.attrs["class_names"]
-    means, counts = class_means(np.asarray(group["latents"][:]), np.asarray(group["labels"][:]), len(class_names))
-    save_zarr(CLASS_MEANS, {"means": means, "counts": counts.astype("int64")}, attrs={"class_names": class_names})
+    labels = np.asarray(group["labels"][:])
+    means, counts = class_means(np.asarray(group["latents"][:]), labels, len(class_names))
+    residual_means, _ = class_means(np.asarray(group["residuals"][:]), labels, len(class_names))
+    save_zarr(CLASS_MEANS, {"means": means, "counts": counts.astype("int64"), "residual_means": residual_means},
+              attrs={"class_names": class_names})
     print("class means: " + ", ".join(f"{n} ({c})" for n, c in zip(class_names, counts)))
 
 

@@ -56,3 +56,20 @@ def test_lambda_change_reruns_only_synthesis_head_and_eval(tiny_project):
     assert after != before  # a different synthesised set gives a different head
     diff = run(["dvc", "metrics", "diff"], tiny_project).stdout
     assert "metrics/eval.json" in diff
+
+
+def test_detail_changes_only_the_chosen_share_of_synthesised_images(tiny_project):
+    import numpy as np
+    import zarr
+
+    def synthesised() -> np.ndarray:
+        return np.asarray(zarr.open_group(str(tiny_project / "data" / "ood_synth.zarr"), mode="r")["images"][:])
+
+    run(["dvc", "exp", "run", "-S", "synth.detail=none"], tiny_project)
+    plain = synthesised()
+    result = run(["dvc", "exp", "run", "-S", "synth.detail=residual_dmr", "-S", "synth.detail_fraction=0.5"],
+                 tiny_project)
+    assert set(stages_run(result.stdout)) == DOWNSTREAM_OF_SYNTH, result.stdout
+    detailed = synthesised()
+    changed = (detailed != plain).reshape(len(plain), -1).any(1)
+    assert 0.3 < changed.mean() < 0.7  # about half the images got their sources' mixed residual
