@@ -22,7 +22,7 @@ def with_value(section: str, key: str, value):
 
 def test_defaults_are_valid():
     params = parse_params(DEFAULTS)
-    assert params.synth.k == 5 and params.synth.method == "dmr_mlm"
+    assert params.synth.k == 2 and params.synth.method == "dmr_mlm" and params.synth.detail == "residual_dmr"
 
 
 @pytest.mark.parametrize("section,key,value,expected", [
@@ -52,7 +52,7 @@ def test_bad_values_are_named(section, key, value, expected):
 
 def test_dmr_single_needs_k_1():
     raw = with_value("synth", "method", "dmr")
-    with pytest.raises(ParamsError, match=r"k = 5 with method 'dmr'"):
+    with pytest.raises(ParamsError, match=r"k = 2 with method 'dmr'"):
         parse_params(raw)
     raw["synth"]["k"] = 1
     assert parse_params(raw).synth.k == 1
@@ -89,3 +89,13 @@ def test_stage_fails_before_work_with_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error in stage data: invalid params: synth.k = 11: Input should be less than or equal to 10"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_detail_fraction_must_be_a_share():
+    raw = yaml.safe_load(yaml.safe_dump(DEFAULTS))
+    raw["synth"]["detail_fraction"] = 0
+    with pytest.raises(ParamsError, match=r"synth\.detail_fraction = 0: .*greater than 0"):
+        parse_params(raw)
+    raw["synth"]["detail_fraction"] = 1.5
+    with pytest.raises(ParamsError, match=r"synth\.detail_fraction = 1\.5: .*less than or equal to 1"):
+        parse_params(raw)
