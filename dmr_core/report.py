@@ -62,7 +62,8 @@ def _cell(value: float, best: bool, paper: float | None) -> str:
     return text + (f" ({paper:.2f})" if paper is not None and paper == paper else "")
 
 
-def render_markdown(table: pd.DataFrame, evaluated_sets: list[str], classifier: dict, id_test_images: int) -> str:
+def render_markdown(table: pd.DataFrame, evaluated_sets: list[str], classifier: dict, id_test_images: int,
+                    dmr_config: str = "") -> str:
     """The report: AUROC and AUPR-OUT tables (best per column in bold, paper value in brackets)."""
     sets = [s for s in evaluated_sets if s in set(table["set"])] + ["mean"]
     order = (table[table["set"] == "mean"].sort_values("auroc", ascending=False)["method"].tolist())
@@ -82,6 +83,8 @@ def render_markdown(table: pd.DataFrame, evaluated_sets: list[str], classifier: 
         "textures_partial holds 10 of the 47 DTD categories and is not comparable with the paper's Textures.",
         "",
     ]
+    if dmr_config:
+        lines += [f"The DMR row: {dmr_config}.", ""]
     if (table["kind"] == "combined").any():
         lines += ["Rows of kind *combined* add a post-hoc score to DMR's (each standardised on ID-train scores; "
                   "`eval.combine_with`). They are reported beside DMR, not instead of it.", ""]

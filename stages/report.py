@@ -26,7 +26,11 @@ def main(params: Params) -> None:
     with atomic_output(METRICS / "report.csv") as tmp:
         table.to_csv(tmp, index=False)
     id_test_images = _read(METRICS / "data.json")["cifar10_test"]["images"]
-    markdown = render_markdown(table, list(params.data.ood_sets), _read(METRICS / "classifier.json"), id_test_images)
+    s = params.synth
+    dmr_config = (f"{s.method}, k = {s.k}, λ {s.lambda_dist} [{s.lambda_min}, {s.lambda_max}], {s.num_samples:,} images"
+                  + (f", {s.detail} detail on {s.detail_fraction:.0%} of them" if s.detail != "none" else ""))
+    markdown = render_markdown(table, list(params.data.ood_sets), _read(METRICS / "classifier.json"), id_test_images,
+                               dmr_config)
     with atomic_output(METRICS / "report.md") as tmp:
         tmp.write_text(markdown)
     means = table[table["set"] == "mean"].set_index("method")["auroc"].to_dict()
