@@ -67,9 +67,10 @@ def test_detail_changes_only_the_chosen_share_of_synthesised_images(tiny_project
 
     run(["dvc", "exp", "run", "-S", "synth.detail=none"], tiny_project)
     plain = synthesised()
-    result = run(["dvc", "exp", "run", "-S", "synth.detail=residual_dmr", "-S", "synth.detail_fraction=0.5"],
+    # a share other than the default's, so that nothing comes from DVC's run cache
+    result = run(["dvc", "exp", "run", "-S", "synth.detail=residual_dmr", "-S", "synth.detail_fraction=0.4"],
                  tiny_project)
     assert set(stages_run(result.stdout)) == DOWNSTREAM_OF_SYNTH, result.stdout
     detailed = synthesised()
     changed = (detailed != plain).reshape(len(plain), -1).any(1)
-    assert 0.3 < changed.mean() < 0.7  # about half the images got their sources' mixed residual
+    assert 0.25 < changed.mean() < 0.55  # about 40 % of the images got their sources' mixed residual
