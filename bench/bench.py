@@ -72,7 +72,7 @@ def bench(train_per_class: int, ref: str | None = None) -> dict:
         project = Path(tmp)
         copy_project(project, ref)
         params = yaml.safe_load((project / "params.yaml").read_text())
-        params["data"].update(train_per_class=args.train_per_class, test_per_class=n_test // 10,
+        params["data"].update(train_per_class=train_per_class, test_per_class=n_test // 10,
                               ood_max=n_test, gaussian_count=n_test)
         params["synth"]["num_samples"] = n_train
         params["synth_baselines"]["num_samples"] = n_train
