@@ -28,8 +28,9 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# the DMR path; eval reads the post-hoc scores for its combined row, so baselines runs before it
 DMR_PATH = ("data", "classifier", "generator", "latents", "class_means", "ood_synth", "features",
-            "rejection_head", "eval")
+            "rejection_head", "baselines", "eval")
 
 
 def copy_project(dest: Path, ref: str | None = None) -> None:
@@ -85,7 +86,7 @@ def bench(train_per_class: int, ref: str | None = None) -> dict:
             "latents": n_train, "class_means": n_train, "ood_synth": n_train,
             "features": n_train + n_test + ood_images,
             "rejection_head": 2 * n_train * params["head"]["epochs"] + n_train,
-            "eval": n_test + ood_images,
+            "baselines": n_test + ood_images, "eval": n_test + ood_images,
         }
         stages = {}
         for stage in DMR_PATH:
