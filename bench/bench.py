@@ -38,8 +38,7 @@ def copy_project(dest: Path, ref: str | None = None) -> None:
     if ref is not None:
         archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=ROOT, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
-        for name in ("dvc.lock",):
-            (dest / name).unlink(missing_ok=True)
+        (dest / "dvc.lock").unlink(missing_ok=True)
     else:
         files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
         for name in filter(None, files.split("\0")):

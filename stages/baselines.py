@@ -41,19 +41,20 @@ def main(params: Params) -> None:
                                odin_temperature=p.odin_temperature)
     train = {r: read_features("id_train", r) for r in REPRESENTATIONS}
     detectors = fit_detectors(model, train, read_features("id_train", "labels"), settings, tuple(p.detectors))
-    del train
     needed = {d.representation for d in detectors}
+    n_train = len(train["logits"])
+    reference = np.sort(np.random.default_rng(0).permutation(n_train)[:min(REFERENCE_IMAGES, n_train)])
+    reference_reps = {r: train[r][reference] for r in needed if r != "images"}  # rows of what is in memory
+    del train
     sets = {"id_test": ("id_test", id_split_path("test"))}
     sets.update({name: (f"ood/{name}", ood_set_path(name)) for name in feature_ood_sets()})
-    n_train = len(read_features("id_train", "labels"))
-    reference = np.sort(np.random.default_rng(0).permutation(n_train)[:min(REFERENCE_IMAGES, n_train)])
     sets["id_train_reference"] = ("id_train", id_split_path("train"))
     scores: dict[str, dict[str, object]] = {d.name: {} for d in detectors}
     seconds = {d.name: 0.0 for d in detectors}
     for set_name, (feature_key, image_path) in sets.items():
-        rows = reference if set_name == "id_train_reference" else slice(None)
-        reps = {r: read_features(feature_key, r)[rows] for r in needed if r != "images"}
-        images = read_image_set(image_path)[0][rows] if "images" in needed else None
+        is_reference = set_name == "id_train_reference"
+        reps = reference_reps if is_reference else {r: read_features(feature_key, r) for r in needed if r != "images"}
+        images = read_image_set(image_path)[0][reference if is_reference else slice(None)] if "images" in needed else None
         for det in detectors:
             start = time.perf_counter()
             scores[det.name][set_name] = score_set(det, reps, images, model.feature_channels, p.batch_size)
