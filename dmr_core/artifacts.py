@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,17 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def _remove_settled(path: Path, settle_s: float = 0.2, timeout_s: float = 10.0) -> None:
+    """Remove ``path`` until it stays gone: after an interrupt, zarr's I/O thread can still finish a chunk write
+    (recreating the folder) before the interpreter exits."""
+    deadline = time.monotonic() + timeout_s
+    while path.exists() or path.is_symlink():
+        _remove(path)
+        time.sleep(settle_s)
+        if time.monotonic() > deadline:
+            break
 
 
 @contextmanager
@@ -40,8 +52,7 @@ def atomic_output(final: str | Path) -> Iterator[Path]:
             _remove(final)
         os.replace(tmp, final)
     finally:
-        if tmp.exists():
-            _remove(tmp)
+        _remove_settled(tmp)
 
 
 def write_json(path: str | Path, payload: Any) -> None:

@@ -67,6 +67,8 @@ class GeneratorParams(_Section):
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     beta_kl: float = Field(ge=0)
+    adversarial_weight: float = Field(ge=0)
+    adversarial_start_epoch: int = Field(ge=0)
     seed: int = Field(ge=0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dmr_core.adversarial import train_vae_gan
 from dmr_core.artifacts import atomic_output, write_json
 from dmr_core.generator import build_generator, decode_latents, encode_images, save_generator, train_generator
 from dmr_core.params import Params
@@ -20,8 +21,13 @@ def main(params: Params) -> None:
     test_x, _, _ = read_image_set(id_split_path("test"))
     seed_everything(p.seed)  # the weight initialisation draws from the global RNG
     model = build_generator(p.kind, latent_dim=p.latent_dim, base_channels=p.base_channels)
-    history = train_generator(model, train_x, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
-                              beta_kl=p.beta_kl, seed=p.seed)
+    if p.adversarial_weight > 0:
+        history = train_vae_gan(model, train_x, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, beta_kl=p.beta_kl,
+                                adversarial_weight=p.adversarial_weight,
+                                adversarial_start_epoch=p.adversarial_start_epoch, seed=p.seed)
+    else:
+        history = train_generator(model, train_x, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
+                                  beta_kl=p.beta_kl, seed=p.seed)
     recon = to_uint8_images(decode_latents(model, torch.from_numpy(encode_images(model, test_x))))
     mse = float(np.mean((recon.astype(np.float64) - test_x) ** 2) / 255.0**2)
     psnr = float(10 * np.log10(1.0 / mse))

@@ -1,5 +1,8 @@
 """Outputs appear whole or not at all."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -13,6 +16,26 @@ def test_failed_write_leaves_nothing(tmp_path):
             tmp.mkdir()
             (tmp / "part").write_text("half")
             raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_removes_a_late_write_from_another_thread(tmp_path):
+    """As zarr's I/O thread can: a chunk write still in flight lands after the interrupt's cleanup began."""
+    target = tmp_path / "out.zarr"
+    writers = []
+
+    def late_chunk_write(folder):
+        time.sleep(0.1)
+        (folder / "c" / "0").mkdir(parents=True, exist_ok=True)
+        (folder / "c" / "0" / "0").write_bytes(b"chunk")
+
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output(target) as tmp:
+            tmp.mkdir()
+            writers.append(threading.Thread(target=late_chunk_write, args=(tmp,)))
+            writers[0].start()
+            raise KeyboardInterrupt
+    writers[0].join()
     assert list(tmp_path.iterdir()) == []
 
 
