@@ -28,7 +28,7 @@ def test_critic_scores_an_8x8_grid_per_image():
 
 
 def test_vae_gan_training_is_deterministic_and_changes_the_decoder():
-    images = (np.random.default_rng(0).random((64, 32, 32, 3)) * 255).astype(np.uint8)
+    images = (np.random.default_rng(0).random((32, 32, 32, 3)) * 255).astype(np.uint8)
 
     def train():
         torch.manual_seed(0)
