@@ -57,16 +57,22 @@ def balance_weight(reconstruction: Tensor, adversarial: Tensor, last_layer: Tens
 
 def train_vae_gan(
     model: nn.Module, images: np.ndarray, *, epochs: int, batch_size: int, lr: float, beta_kl: float,
-    adversarial_weight: float, adversarial_start_epoch: int, seed: int, device: torch.device | None = None,
+    adversarial_weight: float, adversarial_start_epoch: int, seed: int, perceptual: nn.Module | None = None,
+    perceptual_weight: float = 0.0, perceptual_start_epoch: int = 0, device: torch.device | None = None,
 ) -> list[float]:
-    """Train ``model`` (a VAE with ``posterior``, ``decode``, ``decoder``) against a :class:`PatchCritic`.
+    """Train ``model`` (a VAE with ``elbo_terms``, ``decode``, ``decoder``) against a :class:`PatchCritic`.
 
     The first ``adversarial_start_epoch`` epochs train the VAE alone (the critic has nothing to judge
     while the decoder outputs noise); then both train, one critic step per decoder step, Adam(0.5, 0.9).
-    Returns the mean VAE loss (reconstruction + β·KL, without the adversarial term) per epoch."""
+    ``perceptual``/``perceptual_weight``/``perceptual_start_epoch`` add a perceptual term to the VAE loss as in
+    :func:`~dmr_core.generator.train_generator`. Returns the mean VAE loss (reconstruction + β·KL, plus the
+    perceptual term where it applies, without the adversarial term) per epoch."""
     device = device or resolve_device()
     generator = seed_everything(seed)
     model.to(device).train()
+    use_perceptual = perceptual is not None and perceptual_weight > 0
+    if use_perceptual:
+        perceptual.to(device)
     critic = PatchCritic().to(device).train()
     loader = batch_loader(torch.from_numpy(images).to(device), batch_size=batch_size, shuffle=True,
                           generator=generator, drop_last=len(images) > batch_size)
@@ -86,12 +92,10 @@ def train_vae_gan(
             flip = (torch.rand(len(x), generator=generator) < 0.5).to(device)
             x[flip] = x[flip].flip(3)
             with autocast(device):
-                mu, logvar = model.posterior(x)
-                w = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-                recon = model.decode(w)
-                rec = F.mse_loss(recon.float(), x, reduction="sum") / len(x)
-                kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / len(x)
+                recon, rec, kl = model.elbo_terms(x)
                 vae_loss = rec + beta_kl * kl
+                if use_perceptual and epoch >= perceptual_start_epoch:
+                    vae_loss = vae_loss + perceptual_weight * perceptual(recon, x)
                 loss = vae_loss
                 if adversarial:
                     prior = model.decode(torch.randn(len(x), latent_dim, generator=generator).to(device))
@@ -100,7 +104,7 @@ def train_vae_gan(
                     adv = -critic(fakes).float().mean()
                     critic.requires_grad_(True)
                     loss = vae_loss + adversarial_weight * balance_weight(rec, adv, last_layer) * adv
-            value = check_finite(loss, "generator", epoch + 1, step)
+            check_finite(loss, "generator", epoch + 1, step)
             opt_vae.zero_grad(set_to_none=True)
             loss.backward()
             opt_vae.step()

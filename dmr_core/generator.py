@@ -64,13 +64,19 @@ class ConvVAE(nn.Module):
     def decode(self, latents: Tensor) -> Tensor:
         return self.decoder(self.from_latent(latents))
 
-    def loss(self, images: Tensor, beta_kl: float) -> Tensor:
-        """Negative ELBO per image: summed squared error + β·KL(q(w|x) ‖ N(0, I))."""
+    def elbo_terms(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(G(w) for one posterior sample w ~ q(w|x), summed squared error per image, KL(q(w|x) ‖ N(0, I)) per image)."""
         mu, logvar = self.posterior(images)
         w = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        recon = F.mse_loss(self.decode(w), images, reduction="sum") / len(images)
+        reconstructions = self.decode(w)
+        squared_error = F.mse_loss(reconstructions.float(), images, reduction="sum") / len(images)
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / len(images)
-        return recon + beta_kl * kl
+        return reconstructions, squared_error, kl
+
+    def loss(self, images: Tensor, beta_kl: float) -> Tensor:
+        """Negative ELBO per image: summed squared error + β·KL(q(w|x) ‖ N(0, I))."""
+        _, squared_error, kl = self.elbo_terms(images)
+        return squared_error + beta_kl * kl
 
 
 GENERATOR_KINDS = {"conv_vae": ConvVAE}
@@ -84,26 +90,39 @@ def build_generator(kind: str, **config) -> nn.Module:
 
 def train_generator(
     model: ConvVAE, images: np.ndarray, *, epochs: int, batch_size: int, lr: float, beta_kl: float, seed: int,
+    perceptual: nn.Module | None = None, perceptual_weight: float = 0.0, perceptual_start_epoch: int = 0,
     device: torch.device | None = None,
 ) -> list[float]:
     """Adam on the negative ELBO with random horizontal flips; returns the mean loss per epoch.
 
-    The images stay resident on ``device`` (default: ``resolve_device()``)."""
+    With ``perceptual`` (a loss of (reconstructions, images), e.g. :class:`~dmr_core.perceptual.ClassifierPerceptualLoss`)
+    and ``perceptual_weight`` > 0, ``perceptual_weight · perceptual(G(w), x)`` joins the loss from epoch
+    ``perceptual_start_epoch`` (0-based) on. The images stay resident on ``device`` (default: ``resolve_device()``)."""
     device = device or resolve_device()
     generator = seed_everything(seed)
     model.to(device).train()
+    use_perceptual = perceptual is not None and perceptual_weight > 0
+    if use_perceptual:
+        perceptual.to(device)
     loader = batch_loader(torch.from_numpy(images).to(device), batch_size=batch_size, shuffle=True,
                           generator=generator, drop_last=len(images) > batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
+    steps_done = [0]  # run_epochs does not pass the epoch; it follows from the number of batches seen
 
     def batch_loss(batch):
         (x,) = batch
         x = to_float_images(x)
         flip = (torch.rand(len(x), generator=generator) < 0.5).to(device)
         x[flip] = x[flip].flip(3)
+        epoch = steps_done[0] // len(loader)
+        steps_done[0] += 1
         with autocast(device):
-            return model.loss(x, beta_kl), len(x)
+            reconstructions, squared_error, kl = model.elbo_terms(x)
+            loss = squared_error + beta_kl * kl
+            if use_perceptual and epoch >= perceptual_start_epoch:
+                loss = loss + perceptual_weight * perceptual(reconstructions, x)
+            return loss, len(x)
 
     history = run_epochs(loader, batch_loss, optimizer, schedule, epochs=epochs, what="generator")
     model.eval().requires_grad_(False)

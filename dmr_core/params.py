@@ -69,6 +69,9 @@ class GeneratorParams(_Section):
     beta_kl: float = Field(ge=0)
     adversarial_weight: float = Field(ge=0)
     adversarial_start_epoch: int = Field(ge=0)
+    perceptual_weight: float = Field(ge=0)
+    perceptual_start_epoch: int = Field(ge=0)
+    perceptual_images: int = Field(ge=1)
     seed: int = Field(ge=0)
 
 
