@@ -85,6 +85,7 @@ class SynthParams(_Section):
     lambda_dist: Literal["uniform", "choice"]
     lambda_min: float = Field(gt=0)
     lambda_max: float = Field(gt=0)
+    normalise: bool
     detail: Literal["none", "residual", "residual_dmr"]
     detail_fraction: float = Field(gt=0, le=1)
     num_samples: int = Field(ge=1)

@@ -75,12 +75,15 @@ def sample_lambdas(num_samples: int, dist: str, low: float, high: float, rng: np
 
 
 def mix_latents(
-    source_latents: np.ndarray, source_means: np.ndarray, lambdas: np.ndarray, method: str
+    source_latents: np.ndarray, source_means: np.ndarray, lambdas: np.ndarray, method: str,
+    marginal_norm: float | None = None,
 ) -> np.ndarray:
     """The latent to decode for each sample.
 
     ``source_latents``: w_i of shape (n, k, *latent_shape); ``source_means``: μ_{y_i}, same shape;
     ``lambdas``: (n,). Returns (n, *latent_shape): eq. 4 (``mlm``), eq. 6 (``dmr``) or eq. 7 (``dmr_mlm``).
+    With ``marginal_norm`` = r, each marginal w_i − μ_{y_i} is rescaled to norm r before mixing (latent
+    normalisation: every source then weighs the same in the mix, and λ alone sets the distance from the means).
     """
     if method not in METHODS:
         raise ValueError(f"unknown synthesis method {method!r}; choose from {METHODS}")
@@ -92,20 +95,32 @@ def mix_latents(
     if method == "dmr" and source_latents.shape[1] != 1:
         raise ValueError("method 'dmr' (eq. 6) mixes a single latent: k must be 1")
     marginal = source_latents - source_means
+    if marginal_norm is not None:
+        norms = np.linalg.norm(marginal.reshape(marginal.shape[:2] + (-1,)), axis=2)
+        marginal = marginal * (marginal_norm / np.maximum(norms, 1e-12)).reshape(norms.shape + (1,) * (marginal.ndim - 2))
     return scale * marginal.mean(axis=1)
+
+
+def mean_marginal_norm(latents: np.ndarray, labels: np.ndarray, means: np.ndarray) -> float:
+    """r̄ = mean over the ID images of ‖E(x) − μ_y‖, the typical size of a marginal representation."""
+    marginal = latents - means[np.asarray(labels).astype(np.int64)]
+    return float(np.linalg.norm(marginal.reshape(len(marginal), -1).astype(np.float64), axis=1).mean())
 
 
 def synthesize_latents(
     latents: np.ndarray, labels: np.ndarray, means: np.ndarray, *, method: str, k: int, num_samples: int,
-    lambda_dist: str, lambda_min: float, lambda_max: float, seed: int,
+    lambda_dist: str, lambda_min: float, lambda_max: float, seed: int, normalise: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draw sources and λ with ``seed`` and mix; returns (mixed latents, source indices, λ)."""
+    """Draw sources and λ with ``seed`` and mix; returns (mixed latents, source indices, λ).
+
+    ``normalise``: rescale every marginal to the mean marginal norm r̄ before mixing (``mix_latents``)."""
     rng = np.random.default_rng(seed)
     sources = sample_sources(labels, k, num_samples, rng)
     lambdas = (np.ones(num_samples, np.float32) if method == "mlm"
                else sample_lambdas(num_samples, lambda_dist, lambda_min, lambda_max, rng))
     source_labels = np.asarray(labels).astype(np.int64)[sources]
-    mixed = mix_latents(latents[sources], means[source_labels], lambdas, method)
+    norm = mean_marginal_norm(latents, labels, means) if normalise and method != "mlm" else None
+    mixed = mix_latents(latents[sources], means[source_labels], lambdas, method, norm)
     return mixed.astype(np.float32), sources, lambdas
 
 

@@ -22,6 +22,7 @@ def main(params: Params) -> None:
     mixed, sources, lambdas = synthesize_latents(
         np.asarray(latent_group["latents"][:]), labels, means, method=p.method, k=p.k, num_samples=p.num_samples,
         lambda_dist=p.lambda_dist, lambda_min=p.lambda_min, lambda_max=p.lambda_max, seed=p.seed,
+        normalise=p.normalise,
     )
     images = decode_to_images(load_generator(GENERATOR), mixed, batch_size=p.batch_size)
     if p.detail != "none":

@@ -6,6 +6,7 @@ import pytest
 from dmr_core.synth import (
     add_detail,
     class_means,
+    mean_marginal_norm,
     mix_detail,
     mix_latents,
     reconstruction_residuals,
@@ -96,6 +97,28 @@ def test_eq7_dmr_mlm_mixes_marginals_then_scales():
     mu = np.array([[[1.0, 0.0], [1.0, 2.0]]], dtype=np.float32)
     # marginals (0, 2), (2, 4) -> mean (1, 3) -> x3
     np.testing.assert_allclose(mix_latents(w, mu, np.array([3.0]), "dmr_mlm"), [[3.0, 9.0]])
+
+
+def test_normalised_marginals_weigh_the_same_before_mixing():
+    w = np.array([[[3.0, 4.0], [0.0, 10.0]]], dtype=np.float32)   # marginals of norm 5 and 10
+    mu = np.zeros_like(w)
+    # each rescaled to norm 2: (1.2, 1.6) and (0, 2) → mean (0.6, 1.8) → ×3
+    np.testing.assert_allclose(mix_latents(w, mu, np.array([3.0]), "dmr_mlm", marginal_norm=2.0), [[1.8, 5.4]],
+                               rtol=1e-6)
+    # without it the larger marginal dominates the mix
+    np.testing.assert_allclose(mix_latents(w, mu, np.array([3.0]), "dmr_mlm"), [[4.5, 21.0]])
+
+
+def test_normalised_synthesis_gives_every_eq6_sample_the_norm_lambda_times_mean(toy):
+    latents, labels = toy
+    means, _ = class_means(latents, labels, 10)
+    r = mean_marginal_norm(latents, labels, means)
+    expected_r = np.linalg.norm(latents - means[labels], axis=1).mean()
+    assert r == pytest.approx(expected_r, rel=1e-6)
+    mixed, _, lambdas = synthesize_latents(latents, labels, means, method="dmr", k=1, num_samples=40,
+                                           lambda_dist="uniform", lambda_min=1.0, lambda_max=3.0, seed=0,
+                                           normalise=True)
+    np.testing.assert_allclose(np.linalg.norm(mixed, axis=1), lambdas * r, rtol=1e-5)
 
 
 def test_synthesis_removes_class_means(toy):
