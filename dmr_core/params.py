@@ -82,7 +82,7 @@ class LatentsParams(_Section):
 class SynthParams(_Section):
     method: Literal["mlm", "dmr", "dmr_mlm"]
     k: int = Field(ge=1, le=NUM_ID_CLASSES)
-    lambda_dist: Literal["uniform", "choice"]
+    lambda_dist: Literal["uniform", "loguniform", "choice"]
     lambda_min: float = Field(gt=0)
     lambda_max: float = Field(gt=0)
     normalise: bool
@@ -136,7 +136,7 @@ class BaselinesParams(_Section):
 class SynthBaselinesParams(_Section):
     variants: list[Literal["mlm", "dmr", "mim", "kirby", "dmr_kirby"]]
     k: int = Field(ge=1, le=NUM_ID_CLASSES)
-    lambda_dist: Literal["uniform", "choice"]
+    lambda_dist: Literal["uniform", "loguniform", "choice"]
     lambda_min: float = Field(gt=0)
     lambda_max: float = Field(gt=0)
     num_samples: int = Field(ge=1)

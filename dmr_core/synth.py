@@ -8,8 +8,8 @@ methods mix latents of k images drawn from k *distinct* classes:
 - ``dmr``     (eq. 6): x = G(λ · (E(x) − μ_y))                      (k = 1)
 - ``dmr_mlm`` (eq. 7): x = G(λ · (1/k) Σ_i (w_i − μ_{y_i}))
 
-λ, the emphasis factor, is drawn per sample: U(λ_min, λ_max) as in the paper (1–3), or from
-{λ_min, λ_max} with p = ½ each as in the authors' notebooks. MLM has no λ (stored as 1).
+λ, the emphasis factor, is drawn per sample: U(λ_min, λ_max) as in the paper (1–3), log-uniform on the
+same range, or from {λ_min, λ_max} with p = ½ each as in the authors' notebooks. MLM has no λ (stored as 1).
 
 A blurry generator G lets the rejection head separate "sharp = ID" from "smooth = OOD" (see the design
 notes). The residual r = x − G(E(x)) holds the fine detail G loses; (w, r) is then a lossless two-level
@@ -64,14 +64,17 @@ def sample_sources(labels: np.ndarray, k: int, num_samples: int, rng: np.random.
 
 
 def sample_lambdas(num_samples: int, dist: str, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
-    """Per-sample emphasis factors λ: ``uniform`` U(low, high) or ``choice`` {low, high} with p = ½."""
+    """Per-sample emphasis factors λ: ``uniform`` U(low, high), ``loguniform`` (log λ uniform: as many samples
+    in [1, 2] as in [2, 4]) or ``choice`` {low, high} with p = ½."""
     if low <= 0 or low > high:
         raise ValueError(f"need 0 < lambda_min <= lambda_max; got {low}, {high}")
     if dist == "uniform":
         return rng.uniform(low, high, size=num_samples).astype(np.float32)
     if dist == "choice":
         return np.where(rng.random(num_samples) < 0.5, low, high).astype(np.float32)
-    raise ValueError(f"unknown lambda distribution {dist!r}; choose uniform or choice")
+    if dist == "loguniform":
+        return np.exp(rng.uniform(np.log(low), np.log(high), size=num_samples)).astype(np.float32)
+    raise ValueError(f"unknown lambda distribution {dist!r}; choose uniform, loguniform or choice")
 
 
 def mix_latents(

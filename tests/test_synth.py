@@ -78,6 +78,13 @@ def test_lambdas_uniform_in_range_and_choice_two_valued():
         sample_lambdas(3, "uniform", 3.0, 1.0, rng)
 
 
+def test_loguniform_lambdas_put_equal_mass_on_each_doubling():
+    lam = sample_lambdas(20000, "loguniform", 1.0, 4.0, np.random.default_rng(0))
+    assert lam.min() >= 1.0 and lam.max() <= 4.0
+    assert abs((lam < 2.0).mean() - 0.5) < 0.02
+    assert np.median(lam) == pytest.approx(2.0, rel=0.03)
+
+
 def test_eq4_mlm_is_plain_average():
     w = np.array([[[1.0, 2.0], [3.0, 6.0]]], dtype=np.float32)  # n=1, k=2, d=2
     mu = np.full_like(w, 100.0)
