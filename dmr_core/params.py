@@ -74,6 +74,15 @@ class GeneratorParams(_Section):
     perceptual_images: int = Field(ge=1)
     seed: int = Field(ge=0)
 
+    @model_validator(mode="after")
+    def _start_epochs(self) -> "GeneratorParams":
+        for term in ("adversarial", "perceptual"):
+            start = getattr(self, f"{term}_start_epoch")
+            if getattr(self, f"{term}_weight") > 0 and start >= self.epochs:
+                raise ValueError(f"{term}_start_epoch = {start} with epochs = {self.epochs}: the {term} term would never "
+                                 f"be used; set {term}_start_epoch below epochs or {term}_weight to 0")
+        return self
+
 
 class LatentsParams(_Section):
     batch_size: int = Field(ge=1)

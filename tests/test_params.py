@@ -99,3 +99,14 @@ def test_detail_fraction_must_be_a_share():
     raw["synth"]["detail_fraction"] = 1.5
     with pytest.raises(ParamsError, match=r"synth\.detail_fraction = 1\.5: .*less than or equal to 1"):
         parse_params(raw)
+
+
+@pytest.mark.parametrize("term", ["adversarial", "perceptual"])
+def test_generator_term_must_start_before_the_last_epoch(term):
+    raw = copy.deepcopy(DEFAULTS)
+    epochs = raw["generator"]["epochs"]
+    raw["generator"].update({f"{term}_weight": 1.0, f"{term}_start_epoch": epochs})
+    with pytest.raises(ParamsError, match=f"{term}_start_epoch = {epochs} with epochs = {epochs}: the {term} term"):
+        parse_params(raw)
+    raw["generator"][f"{term}_weight"] = 0.0  # off: the start epoch does not matter
+    parse_params(raw)
