@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .device import autocast, batch_loader, resolve_device
+from .generator import vae_loss
 from .training import check_finite, seed_everything, to_float_images
 
 
@@ -92,18 +93,16 @@ def train_vae_gan(
             flip = (torch.rand(len(x), generator=generator) < 0.5).to(device)
             x[flip] = x[flip].flip(3)
             with autocast(device):
-                recon, rec, kl = model.elbo_terms(x)
-                vae_loss = rec + beta_kl * kl
-                if use_perceptual and epoch >= perceptual_start_epoch:
-                    vae_loss = vae_loss + perceptual_weight * perceptual(recon, x)
-                loss = vae_loss
+                term = perceptual if use_perceptual and epoch >= perceptual_start_epoch else None
+                recon, rec, elbo_loss = vae_loss(model, x, beta_kl, term, perceptual_weight)
+                loss = elbo_loss
                 if adversarial:
                     prior = model.decode(torch.randn(len(x), latent_dim, generator=generator).to(device))
                     fakes = torch.cat([recon, prior])
                     critic.requires_grad_(False)
                     adv = -critic(fakes).float().mean()
                     critic.requires_grad_(True)
-                    loss = vae_loss + adversarial_weight * balance_weight(rec, adv, last_layer) * adv
+                    loss = elbo_loss + adversarial_weight * balance_weight(rec, adv, last_layer) * adv
             check_finite(loss, "generator", epoch + 1, step)
             opt_vae.zero_grad(set_to_none=True)
             loss.backward()
@@ -116,7 +115,7 @@ def train_vae_gan(
                 opt_critic.zero_grad(set_to_none=True)
                 critic_loss.backward()
                 opt_critic.step()
-            total += float(vae_loss.detach()) * len(x)
+            total += float(elbo_loss.detach()) * len(x)
             count += len(x)
             progress.set_postfix(loss=f"{total / count:.4g}")
         history.append(total / max(count, 1))

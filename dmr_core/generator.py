@@ -73,10 +73,16 @@ class ConvVAE(nn.Module):
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / len(images)
         return reconstructions, squared_error, kl
 
-    def loss(self, images: Tensor, beta_kl: float) -> Tensor:
-        """Negative ELBO per image: summed squared error + β·KL(q(w|x) ‖ N(0, I))."""
-        _, squared_error, kl = self.elbo_terms(images)
-        return squared_error + beta_kl * kl
+
+def vae_loss(model: ConvVAE, images: Tensor, beta_kl: float, perceptual: nn.Module | None = None,
+             perceptual_weight: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """(G(w), summed squared error, loss): the negative ELBO per image, squared error + β·KL(q(w|x) ‖ N(0, I)),
+    plus ``perceptual_weight · perceptual(G(w), x)`` when ``perceptual`` is given."""
+    reconstructions, squared_error, kl = model.elbo_terms(images)
+    loss = squared_error + beta_kl * kl
+    if perceptual is not None:
+        loss = loss + perceptual_weight * perceptual(reconstructions, images)
+    return reconstructions, squared_error, loss
 
 
 GENERATOR_KINDS = {"conv_vae": ConvVAE}
@@ -118,11 +124,8 @@ def train_generator(
         epoch = steps_done[0] // len(loader)
         steps_done[0] += 1
         with autocast(device):
-            reconstructions, squared_error, kl = model.elbo_terms(x)
-            loss = squared_error + beta_kl * kl
-            if use_perceptual and epoch >= perceptual_start_epoch:
-                loss = loss + perceptual_weight * perceptual(reconstructions, x)
-            return loss, len(x)
+            term = perceptual if use_perceptual and epoch >= perceptual_start_epoch else None
+            return vae_loss(model, x, beta_kl, term, perceptual_weight)[2], len(x)
 
     history = run_epochs(loader, batch_loss, optimizer, schedule, epochs=epochs, what="generator")
     model.eval().requires_grad_(False)
