@@ -6,6 +6,8 @@ Every output is written under a temporary sibling name and moved into place with
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import os
 import shutil
@@ -26,9 +28,40 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _wait_for_pending_zarr_io(timeout_s: float = 60.0) -> None:
+    """Wait until zarr's I/O event loop has no task left.
+
+    zarr runs chunk encoding and writes as tasks on its own event-loop thread; an interrupt (Ctrl-C) stops the
+    main thread's wait for them, not the tasks, which go on writing into the temporary folder and would recreate
+    it after it was removed. Waiting for them, instead of cancelling, keeps a write from being cut halfway.
+    """
+    from zarr.core import sync as zarr_sync
+
+    loop = zarr_sync.loop[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def pending_tasks_done() -> int:
+        current = asyncio.current_task()
+        pending = [task for task in asyncio.all_tasks() if task is not current]
+        if pending:
+            await asyncio.wait(pending)
+        return len(pending)
+
+    deadline = time.monotonic() + timeout_s
+    # a finishing task can start others (a gather of chunk writes), so wait until a round finds none
+    while time.monotonic() < deadline:
+        waited = asyncio.run_coroutine_threadsafe(pending_tasks_done(), loop)
+        try:
+            if waited.result(timeout=max(0.0, deadline - time.monotonic())) == 0:
+                return
+        except concurrent.futures.TimeoutError:
+            waited.cancel()
+            return
+
+
 def _remove_settled(path: Path, settle_s: float = 0.2, timeout_s: float = 10.0) -> None:
-    """Remove ``path`` until it stays gone: after an interrupt, zarr's I/O thread can still finish a chunk write
-    (recreating the folder) before the interpreter exits."""
+    """Remove ``path`` until it stays gone: a writer thread outside zarr's loop may still finish a file."""
     deadline = time.monotonic() + timeout_s
     while path.exists() or path.is_symlink():
         _remove(path)
@@ -52,6 +85,7 @@ def atomic_output(final: str | Path) -> Iterator[Path]:
             _remove(final)
         os.replace(tmp, final)
     finally:
+        _wait_for_pending_zarr_io()
         _remove_settled(tmp)
 
 

@@ -56,3 +56,25 @@ def test_open_incomplete_zarr_names_the_fix(tmp_path):
     (tmp_path / "a.zarr").mkdir()
     with pytest.raises(FileNotFoundError, match="dvc repro"):
         open_zarr(tmp_path / "a.zarr", "the latents")
+
+
+def test_interrupt_waits_for_zarr_io_still_in_flight(tmp_path):
+    """Ctrl-C stops the main thread's wait for zarr, not zarr's I/O tasks: cleanup must outlast a slow chunk."""
+    import asyncio
+
+    from zarr.core.sync import _get_loop
+
+    target = tmp_path / "out.zarr"
+
+    async def slow_chunk_write(folder):
+        await asyncio.sleep(0.8)  # longer than the settle interval of the removal loop
+        await asyncio.to_thread(lambda: (folder / "c" / "0").mkdir(parents=True, exist_ok=True))
+
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output(target) as tmp:
+            save_zarr(tmp_path / "other.zarr", {"x": np.arange(3)})  # zarr's loop is running
+            tmp.mkdir()
+            in_flight = asyncio.run_coroutine_threadsafe(slow_chunk_write(tmp), _get_loop())
+            raise KeyboardInterrupt
+    assert in_flight.done(), "cleanup returned before zarr's pending write finished"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.zarr"]
