@@ -85,7 +85,29 @@ def vae_loss(model: ConvVAE, images: Tensor, beta_kl: float, perceptual: nn.Modu
     return reconstructions, squared_error, loss
 
 
-GENERATOR_KINDS = {"conv_vae": ConvVAE}
+class SpatialConvVAE(ConvVAE):
+    """:class:`ConvVAE` with a spatial latent: ``latent_dim / 16`` channels on the 4×4 grid instead of one vector.
+
+    Each latent coordinate then belongs to one region of the image, so class-mean subtraction and mixing
+    (eqs. 5–7) act per region. The latent is stored flattened (channel-major), so every later stage is unchanged.
+    """
+
+    GRID = 4
+
+    def __init__(self, latent_dim: int = 256, base_channels: int = 32) -> None:
+        cells = self.GRID * self.GRID
+        if latent_dim % cells:
+            raise ValueError(f"spatial_vae needs latent_dim divisible by {cells} (channels on a 4×4 grid); "
+                             f"got {latent_dim}")
+        super().__init__(latent_dim, base_channels)
+        c, z = 4 * base_channels, latent_dim // cells
+        grid = (self.GRID, self.GRID)
+        self.to_mu = nn.Sequential(nn.Unflatten(1, (c,) + grid), nn.Conv2d(c, z, 3, padding=1), nn.Flatten())
+        self.to_logvar = nn.Sequential(nn.Unflatten(1, (c,) + grid), nn.Conv2d(c, z, 3, padding=1), nn.Flatten())
+        self.from_latent = nn.Sequential(nn.Unflatten(1, (z,) + grid), nn.Conv2d(z, c, 3, padding=1), nn.Flatten())
+
+
+GENERATOR_KINDS = {"conv_vae": ConvVAE, "spatial_vae": SpatialConvVAE}
 
 
 def build_generator(kind: str, **config) -> nn.Module:

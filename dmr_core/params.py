@@ -60,7 +60,7 @@ class ClassifierParams(_Section):
 
 
 class GeneratorParams(_Section):
-    kind: Literal["conv_vae"]
+    kind: Literal["conv_vae", "spatial_vae"]
     latent_dim: int = Field(ge=1)
     base_channels: int = Field(ge=4)
     epochs: int = Field(ge=1)
@@ -75,7 +75,10 @@ class GeneratorParams(_Section):
     seed: int = Field(ge=0)
 
     @model_validator(mode="after")
-    def _start_epochs(self) -> "GeneratorParams":
+    def _consistent(self) -> "GeneratorParams":
+        if self.kind == "spatial_vae" and self.latent_dim % 16:
+            raise ValueError(f"latent_dim = {self.latent_dim} with kind spatial_vae: the latent is channels on a 4×4 "
+                             "grid, so latent_dim must be a multiple of 16 (e.g. 256)")
         for term in ("adversarial", "perceptual"):
             start = getattr(self, f"{term}_start_epoch")
             if getattr(self, f"{term}_weight") > 0 and start >= self.epochs:

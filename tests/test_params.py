@@ -110,3 +110,12 @@ def test_generator_term_must_start_before_the_last_epoch(term):
         parse_params(raw)
     raw["generator"][f"{term}_weight"] = 0.0  # off: the start epoch does not matter
     parse_params(raw)
+
+
+def test_spatial_latent_must_fill_the_grid():
+    raw = copy.deepcopy(DEFAULTS)
+    raw["generator"].update({"kind": "spatial_vae", "latent_dim": 100})
+    with pytest.raises(ParamsError, match="latent_dim = 100 with kind spatial_vae: .*multiple of 16"):
+        parse_params(raw)
+    raw["generator"]["latent_dim"] = 256
+    parse_params(raw)
