@@ -107,7 +107,62 @@ class SpatialConvVAE(ConvVAE):
         self.from_latent = nn.Sequential(nn.Unflatten(1, (z,) + grid), nn.Conv2d(z, c, 3, padding=1), nn.Flatten())
 
 
-GENERATOR_KINDS = {"conv_vae": ConvVAE, "spatial_vae": SpatialConvVAE}
+class AdaptiveInstanceNorm(nn.Module):
+    """AdaIN (Huang & Belongie 2017; StyleGAN, Karras et al. 2019, eq. 1): instance-normalise each feature map,
+    then scale and shift it by a learned affine map of the style vector."""
+
+    def __init__(self, channels: int, style_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(channels)
+        self.to_scale_shift = nn.Linear(style_dim, 2 * channels)
+
+    def forward(self, features: Tensor, style: Tensor) -> Tensor:
+        scale, shift = self.to_scale_shift(style)[:, :, None, None].chunk(2, dim=1)
+        return self.norm(features) * (1 + scale) + shift
+
+
+class StyleDecoder(nn.Module):
+    """A small style-based decoder: the latent w also passes a mapping network (an MLP, as in StyleGAN) whose
+    output modulates every decoder layer through :class:`AdaptiveInstanceNorm`, so global image statistics
+    (contrast, colour, texture energy) are set per layer rather than only through the 4×4 input."""
+
+    def __init__(self, latent_dim: int, base_channels: int, style_dim: int = 256) -> None:
+        super().__init__()
+        c = base_channels
+        self.mapping = nn.Sequential(nn.Linear(latent_dim, style_dim), nn.LeakyReLU(0.2),
+                                     nn.Linear(style_dim, style_dim), nn.LeakyReLU(0.2))
+        self.from_latent = nn.Linear(latent_dim, 4 * c * 16)
+        self.layers = nn.ModuleList([
+            nn.Conv2d(4 * c, 4 * c, 3, padding=1),
+            nn.ConvTranspose2d(4 * c, 2 * c, 4, 2, 1),
+            nn.ConvTranspose2d(2 * c, c, 4, 2, 1),
+        ])
+        self.styles = nn.ModuleList([AdaptiveInstanceNorm(4 * c, style_dim), AdaptiveInstanceNorm(2 * c, style_dim),
+                                     AdaptiveInstanceNorm(c, style_dim)])
+        self.to_rgb = nn.ConvTranspose2d(c, 3, 4, 2, 1)
+        self.base_channels = c
+
+    def forward(self, latents: Tensor) -> Tensor:
+        style = self.mapping(latents)
+        x = self.from_latent(latents).unflatten(1, (4 * self.base_channels, 4, 4))
+        for layer, modulate in zip(self.layers, self.styles):
+            x = F.relu(modulate(layer(x), style))
+        return torch.sigmoid(self.to_rgb(x))
+
+
+class StyleConvVAE(ConvVAE):
+    """:class:`ConvVAE` with the style-modulated :class:`StyleDecoder` as G; the encoder and latent are unchanged."""
+
+    def __init__(self, latent_dim: int = 128, base_channels: int = 32) -> None:
+        super().__init__(latent_dim, base_channels)
+        del self.from_latent
+        self.decoder = StyleDecoder(latent_dim, base_channels)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return self.decoder(latents)
+
+
+GENERATOR_KINDS = {"conv_vae": ConvVAE, "spatial_vae": SpatialConvVAE, "style_vae": StyleConvVAE}
 
 
 def build_generator(kind: str, **config) -> nn.Module:

@@ -60,7 +60,7 @@ class ClassifierParams(_Section):
 
 
 class GeneratorParams(_Section):
-    kind: Literal["conv_vae", "spatial_vae"]
+    kind: Literal["conv_vae", "spatial_vae", "style_vae"]
     latent_dim: int = Field(ge=1)
     base_channels: int = Field(ge=4)
     epochs: int = Field(ge=1)
