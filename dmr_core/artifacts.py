@@ -35,10 +35,13 @@ def _wait_for_pending_zarr_io(timeout_s: float = 60.0) -> None:
     main thread's wait for them, not the tasks, which go on writing into the temporary folder and would recreate
     it after it was removed. Waiting for them, instead of cancelling, keeps a write from being cut halfway.
     """
-    from zarr.core import sync as zarr_sync
-
-    loop = zarr_sync.loop[0]
-    if loop is None or loop.is_closed() or not loop.is_running():
+    # zarr keeps its loop in a private module global; should a later zarr move it, fall back to the removal loop
+    try:
+        from zarr.core import sync as zarr_sync
+    except ImportError:
+        return
+    loop = (getattr(zarr_sync, "loop", None) or [None])[0]
+    if not isinstance(loop, asyncio.AbstractEventLoop) or loop.is_closed() or not loop.is_running():
         return
 
     async def pending_tasks_done() -> int:
