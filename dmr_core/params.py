@@ -126,6 +126,7 @@ class HeadParams(_Section):
     nesterov: bool
     weight_decay: float = Field(ge=0)
     schedule: Literal["cosine", "constant"]
+    input_dropout: float = Field(ge=0, lt=1)
     seed: int = Field(ge=0)
 
 

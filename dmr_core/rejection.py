@@ -1,7 +1,9 @@
 """The rejection head B on the frozen classifier F (paper §3.3), and its pytorch-ood detector.
 
 B: Linear(d, 2048) → ReLU → Linear(2048, 1), trained with binary cross-entropy on logits to
-separate ID training images (target 0) from synthesised OOD images (target 1). d is the size of the
+separate ID training images (target 0) from synthesised OOD images (target 1). Optionally, dropout on B's
+input while training (not in the paper): every feature is zeroed with probability p, so B cannot rest on the
+few coordinates that tell the generator's images from photographs and must use many. d is the size of the
 chosen representation of F (the flattened last feature map by default: 64·8·8 = 4096 for ResNet-20).
 F is never updated, so the classifier's predictions do not change. The test score is B's logit:
 higher = more likely OOD.
@@ -22,15 +24,17 @@ from .training import run_epochs, seed_everything
 
 
 class RejectionHead(nn.Module):
-    """Linear(d, hidden) → ReLU → Linear(hidden, 1); outputs the OOD logit."""
+    """[Dropout(p), training only] → Linear(d, hidden) → ReLU → Linear(hidden, 1); outputs the OOD logit."""
 
-    def __init__(self, in_features: int, hidden: int = 2048) -> None:
+    def __init__(self, in_features: int, hidden: int = 2048, input_dropout: float = 0.0) -> None:
         super().__init__()
-        self.config = {"in_features": in_features, "hidden": hidden}
+        self.config = {"in_features": in_features, "hidden": hidden, "input_dropout": input_dropout}
+        # kept outside ``net`` so the state dict (and checkpoints written before the option) stay the same
+        self.input_dropout = nn.Dropout(input_dropout)
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.net(features.to(self.net[0].weight.dtype)).squeeze(1)
+        return self.net(self.input_dropout(features.to(self.net[0].weight.dtype))).squeeze(1)
 
 
 def train_rejection_head(
@@ -46,6 +50,7 @@ def train_rejection_head(
     weight_decay: float,
     schedule: str,
     seed: int,
+    input_dropout: float = 0.0,
     device: torch.device | None = None,
 ) -> tuple[RejectionHead, list[float]]:
     """Fit B with BCE-with-logits on ID (0) vs synthesised OOD (1) features; returns (head, loss per epoch).
@@ -58,7 +63,7 @@ def train_rejection_head(
         raise ValueError(f"ID features {id_features.shape[1:]} and OOD features {ood_features.shape[1:]} differ")
     features = torch.from_numpy(np.concatenate([id_features, ood_features])).to(device)
     targets = torch.cat([torch.zeros(len(id_features)), torch.ones(len(ood_features))]).to(device)
-    head = RejectionHead(features.shape[1], hidden).to(device)
+    head = RejectionHead(features.shape[1], hidden, input_dropout).to(device)
     loader = batch_loader(features, targets, batch_size=batch_size, shuffle=True, generator=generator)
     # fused: the same SGD update in one kernel; the step over 8.4M weights otherwise costs ~40% of a batch on CPU
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,

@@ -23,6 +23,7 @@ def main(params: Params) -> None:
     head, history = train_rejection_head(
         id_features, synth_features, hidden=p.hidden, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
         momentum=p.momentum, nesterov=p.nesterov, weight_decay=p.weight_decay, schedule=p.schedule, seed=p.seed,
+        input_dropout=p.input_dropout,
     )
     with torch.inference_mode():
         id_rate = float((head(torch.from_numpy(id_features)) > 0).float().mean()) * 100

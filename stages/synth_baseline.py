@@ -82,7 +82,7 @@ def main(params: Params, variant: str) -> None:
     head, history = train_rejection_head(
         read_features("id_train", h.feature), synth_features, hidden=h.hidden, epochs=h.epochs,
         batch_size=h.batch_size, lr=h.lr, momentum=h.momentum, nesterov=h.nesterov, weight_decay=h.weight_decay,
-        schedule=h.schedule, seed=h.seed)
+        schedule=h.schedule, seed=h.seed, input_dropout=h.input_dropout)
     detector = DMRDetector(head)
 
     def scores(key: str) -> np.ndarray:

@@ -67,3 +67,33 @@ def test_evaluate_scores_reports_each_set_and_mean():
     assert 40 < results["same"]["AUROC"] < 60
     assert results["mean"]["AUROC"] == pytest.approx((results["far"]["AUROC"] + results["same"]["AUROC"]) / 2, abs=1e-3)
     assert set(results["far"]) == {"AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR"}
+
+
+def test_input_dropout_acts_only_while_training():
+    head = RejectionHead(64, 16, input_dropout=0.5)
+    x = torch.randn(32, 64)
+    head.train()
+    assert not torch.equal(head(x), head(x))  # a fresh mask per call
+    head.eval()
+    torch.testing.assert_close(head(x), head.net(x).squeeze(1))  # no dropout, no rescaling at test time
+
+
+def test_input_dropout_changes_training_and_stays_deterministic():
+    id_feats, ood_feats = _blobs()
+    plain, _ = train_rejection_head(id_feats, ood_feats, epochs=2, **TRAIN)
+    a, _ = train_rejection_head(id_feats, ood_feats, epochs=2, input_dropout=0.5, **TRAIN)
+    b, _ = train_rejection_head(id_feats, ood_feats, epochs=2, input_dropout=0.5, **TRAIN)
+    assert not a.training and not b.training
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+    assert not all(torch.equal(pa, pp) for pa, pp in zip(a.parameters(), plain.parameters()))
+
+
+def test_head_checkpoint_keeps_input_dropout_and_reads_older_checkpoints(tmp_path):
+    head = RejectionHead(16, 8, input_dropout=0.6)
+    save_head(head, "feature_map", tmp_path / "new.pt")
+    assert load_head(tmp_path / "new.pt")[0].config["input_dropout"] == 0.6
+    old = {"feature": "feature_map", "config": {"in_features": 16, "hidden": 8}, "state_dict": head.state_dict()}
+    torch.save(old, tmp_path / "old.pt")  # written before the option existed
+    loaded, _ = load_head(tmp_path / "old.pt")
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(loaded(x), head.eval()(x))
