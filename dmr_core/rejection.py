@@ -23,14 +23,48 @@ from .errors import CheckpointError
 from .training import run_epochs, seed_everything
 
 
+class InputDropout(nn.Module):
+    """Inverted dropout (Srivastava et al., 2014) on the head's input, in training mode only.
+
+    Each element is kept with probability 1 − p (exact to 1/65536) and kept elements are scaled by
+    1 / (1 − p), as ``nn.Dropout`` does. The masks are cut from a seeded PCG64 stream, four 16-bit uniforms per
+    64-bit word, instead of one Mersenne-Twister Bernoulli draw per element: on this project's 2-core CPUs
+    ``nn.Dropout`` took 40 % of the head's training time, these masks about a quarter of that (bench/).
+    """
+
+    def __init__(self, p: float, seed: int = 0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"input dropout must be in [0, 1), got {p}")
+        self.p = p
+        self.threshold = round(p * 65536) - 32768  # an int16 uniform at or above it is kept
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the mask stream, so a training run is reproducible from its seed."""
+        self.bits = np.random.default_rng(seed).bit_generator
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        n = x.numel()
+        words = self.bits.random_raw(-(-n // 4)).view(np.int16)[:n].reshape(x.shape)
+        keep = torch.from_numpy(words >= self.threshold).to(x.device, non_blocking=True)
+        return (x * (1.0 / (1.0 - self.p))).mul_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class RejectionHead(nn.Module):
-    """[Dropout(p), training only] → Linear(d, hidden) → ReLU → Linear(hidden, 1); outputs the OOD logit."""
+    """[InputDropout(p), training only] → Linear(d, hidden) → ReLU → Linear(hidden, 1); outputs the OOD logit."""
 
     def __init__(self, in_features: int, hidden: int = 2048, input_dropout: float = 0.0) -> None:
         super().__init__()
         self.config = {"in_features": in_features, "hidden": hidden, "input_dropout": input_dropout}
-        # kept outside ``net`` so the state dict (and checkpoints written before the option) stay the same
-        self.input_dropout = nn.Dropout(input_dropout)
+        # kept outside ``net`` and without parameters, so the state dict (and checkpoints written before the
+        # option) stay the same
+        self.input_dropout = InputDropout(input_dropout)
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, features: Tensor) -> Tensor:
@@ -64,6 +98,7 @@ def train_rejection_head(
     features = torch.from_numpy(np.concatenate([id_features, ood_features])).to(device)
     targets = torch.cat([torch.zeros(len(id_features)), torch.ones(len(ood_features))]).to(device)
     head = RejectionHead(features.shape[1], hidden, input_dropout).to(device)
+    head.input_dropout.reseed(seed)
     loader = batch_loader(features, targets, batch_size=batch_size, shuffle=True, generator=generator)
     # fused: the same SGD update in one kernel; the step over 8.4M weights otherwise costs ~40% of a batch on CPU
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,

@@ -6,7 +6,7 @@ import torch
 from pytorch_ood.api import FeaturesDetector
 
 from dmr_core.evaluation import evaluate_scores, ood_metrics
-from dmr_core.rejection import DMRDetector, RejectionHead, load_head, save_head, train_rejection_head
+from dmr_core.rejection import DMRDetector, InputDropout, RejectionHead, load_head, save_head, train_rejection_head
 
 TRAIN = dict(hidden=32, batch_size=64, lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
              schedule="cosine", seed=0)
@@ -97,3 +97,26 @@ def test_head_checkpoint_keeps_input_dropout_and_reads_older_checkpoints(tmp_pat
     loaded, _ = load_head(tmp_path / "old.pt")
     x = torch.randn(5, 16)
     torch.testing.assert_close(loaded(x), head.eval()(x))
+
+
+@pytest.mark.parametrize("p", [0.25, 0.6])
+def test_input_dropout_keeps_one_minus_p_and_rescales(p):
+    drop = InputDropout(p, seed=3).train()
+    out = drop(torch.ones(400, 1000))
+    kept = out != 0
+    assert kept.float().mean().item() == pytest.approx(1 - p, abs=0.005)
+    torch.testing.assert_close(out[kept], torch.full((int(kept.sum()),), 1 / (1 - p)))
+    assert out.mean().item() == pytest.approx(1.0, abs=0.01)  # inverted dropout keeps the expectation
+
+
+def test_input_dropout_masks_follow_the_seed():
+    x = torch.randn(64, 50)
+    a, b = InputDropout(0.5, seed=1).train(), InputDropout(0.5, seed=1).train()
+    first = a(x)
+    torch.testing.assert_close(first, b(x))
+    assert not torch.equal(first, a(x))  # the stream moves on
+    a.reseed(1)
+    torch.testing.assert_close(a(x), first)  # and restarts from the seed
+    torch.testing.assert_close(InputDropout(0.0).train()(x), x)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        InputDropout(1.0)
