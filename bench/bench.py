@@ -74,17 +74,20 @@ def bench(train_per_class: int, ref: str | None = None) -> dict:
         params = yaml.safe_load((project / "params.yaml").read_text())
         params["data"].update(train_per_class=train_per_class, test_per_class=n_test // 10,
                               ood_max=n_test, gaussian_count=n_test)
-        params["synth"]["num_samples"] = n_train
-        params["synth_baselines"]["num_samples"] = n_train
+        # the default's ratio of synthesised to training images (50,000 : 50,000 in the paper), on the subset
+        full_train = 50000
+        for section in ("synth", "synth_baselines"):
+            params[section]["num_samples"] = max(1, round(params[section]["num_samples"] * n_train / full_train))
+        n_synth = params["synth"]["num_samples"]
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         ood_images = n_test * len(params["data"]["ood_sets"])
         images = {  # images each stage processes (passes × images)
             "data": n_train + n_test + ood_images,
             "classifier": n_train * params["classifier"]["epochs"] + n_test,
             "generator": n_train * params["generator"]["epochs"] + n_test,
-            "latents": n_train, "class_means": n_train, "ood_synth": n_train,
+            "latents": n_train, "class_means": n_train, "ood_synth": n_synth,
             "features": n_train + n_test + ood_images,
-            "rejection_head": 2 * n_train * params["head"]["epochs"] + n_train,
+            "rejection_head": (n_train + n_synth) * params["head"]["epochs"] + n_synth,
             "baselines": n_test + ood_images, "eval": n_test + ood_images,
         }
         stages = {}

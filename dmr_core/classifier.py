@@ -8,6 +8,7 @@ The ResNets are state-dict compatible with the akamaster/pytorch_resnet_cifar10 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .checkpoints import load_checkpoint, load_state_dict_checked
 from .errors import CheckpointError  # noqa: F401  (re-exported)
@@ -53,6 +55,12 @@ class CifarClassifier(nn.Module):
 
     def classifier_head(self) -> nn.Linear:
         raise NotImplementedError
+
+    def for_inference(self) -> CifarClassifier:
+        """A frozen copy for scoring (eval mode, no parameter gradients), computing the same function up to float rounding, with
+        every BatchNorm that directly follows a convolution folded into that convolution's weights. Subclasses
+        fold what their layout allows; here nothing is folded."""
+        return copy.deepcopy(self).eval().requires_grad_(False)
 
     @staticmethod
     def penultimate(feature_map: Tensor) -> Tensor:
@@ -111,6 +119,19 @@ class CifarResNet(CifarClassifier):
     def feature_map(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(self.normalise(x))))
         return self.layer3(self.layer2(self.layer1(out)))
+
+    def for_inference(self) -> CifarResNet:
+        """Every conv → BN pair folded into one convolution (``fuse_conv_bn_eval``): scoring on this
+        project's CPUs runs about 9 % faster (bench/), and the outputs differ only by float rounding."""
+        folded = copy.deepcopy(self).eval().requires_grad_(False)
+        pairs = [(folded, "conv1", "bn1")] + [
+            (block, f"conv{i}", f"bn{i}")
+            for stage in (folded.layer1, folded.layer2, folded.layer3) for block in stage for i in (1, 2)
+        ]
+        for owner, conv, bn in pairs:
+            setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+            setattr(owner, bn, nn.Identity())
+        return folded
 
     def classifier_head(self) -> nn.Linear:
         return self.linear

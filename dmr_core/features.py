@@ -19,7 +19,8 @@ def extract_features(
 ) -> dict[str, np.ndarray]:
     """The flattened last feature map (float16), penultimate vector and logits (float32) of every image."""
     device = device or resolve_device()
-    place_model(model, device).eval()  # outside inference mode, so the model stays usable with autograd
+    # a folded copy: the caller's model is left as it was (device, layout, trainability)
+    model = place_model(model.for_inference(), device)
     loader = batch_loader(torch.from_numpy(np.asarray(images)), batch_size=batch_size)
     n = len(images)
     out: dict[str, np.ndarray] = {}

@@ -106,7 +106,7 @@ def fit_detectors(
             det = ASH(None, head=pooled_head, variant="ash-s", percentile=settings.ash_percentile)
             built.append(FittedDetector(name, "feature_map", det.predict_feature_maps))
         elif name == "ODIN":
-            det = ODIN(model, eps=settings.odin_eps, temperature=settings.odin_temperature)
+            det = ODIN(model.for_inference(), eps=settings.odin_eps, temperature=settings.odin_temperature)
             built.append(FittedDetector(name, "images", det.predict))
         else:
             raise ValueError(f"unknown detector {name!r}; choose from {ALL_DETECTORS}")

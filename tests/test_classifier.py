@@ -37,6 +37,29 @@ def test_extract_features_returns_all_representations():
     assert out["penultimate"].shape == (5, 64) and out["logits"].shape == (5, 10)
 
 
+@pytest.mark.parametrize("arch", ["resnet20", "wrn40_2"])
+def test_inference_copy_computes_the_same_function_and_leaves_the_model_alone(arch):
+    torch.manual_seed(0)
+    model = build_classifier(arch)
+    for m in model.modules():  # non-trivial running statistics, so a wrong fold would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = model.for_inference()
+    x = torch.rand(4, 3, 32, 32)
+    torch.testing.assert_close(folded(x), model.eval()(x), rtol=1e-4, atol=1e-4)
+    assert not folded.training and not any(p.requires_grad for p in folded.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+    batch_norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert batch_norms == (0 if arch == "resnet20" else sum(
+        isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()))
+
+
 @pytest.mark.skipif(not _models_available(), reason="pretrained weights not provided offline")
 def test_pretrained_resnet20_loads_and_predicts():
     model = load_pretrained("resnet20").eval()
