@@ -111,10 +111,11 @@ def test_gaussian_matches_pytorch_ood_and_is_seeded():
     from pytorch_ood.dataset.img import GaussianNoise
     from torchvision.transforms.v2 import functional as TF
 
-    ours = gaussian_noise(4, seed=5, smooth=True)
-    src = GaussianNoise(length=4, seed=5)
+    count = 203  # past the first batch of 200 draws, so the stream must carry on across batches
+    ours = gaussian_noise(count, seed=5, smooth=True)
+    src = GaussianNoise(length=count, seed=5)  # draws on each access: read in order
     ref = np.stack([TF.resize(torch.from_numpy(np.array(src[i][0])).permute(2, 0, 1), [32, 32], antialias=True)
-                    .permute(1, 2, 0).numpy() for i in range(4)])
+                    .permute(1, 2, 0).numpy() for i in range(count)])
     np.testing.assert_array_equal(ours, ref)
     assert ours.std() < 20  # smooth, near-gray
     raw = gaussian_noise(4, seed=5, smooth=False)
