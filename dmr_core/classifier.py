@@ -57,9 +57,9 @@ class CifarClassifier(nn.Module):
         raise NotImplementedError
 
     def for_inference(self) -> CifarClassifier:
-        """A frozen copy for scoring (eval mode, no parameter gradients), computing the same function up to float rounding, with
-        every BatchNorm that directly follows a convolution folded into that convolution's weights. Subclasses
-        fold what their layout allows; here nothing is folded."""
+        """A frozen copy for scoring (eval mode, no parameter gradients) that computes the same function up to
+        float rounding, with every BatchNorm that directly follows a convolution folded into that convolution's
+        weights. Subclasses fold what their layout allows; here nothing is folded."""
         return copy.deepcopy(self).eval().requires_grad_(False)
 
     @staticmethod
@@ -122,7 +122,7 @@ class CifarResNet(CifarClassifier):
 
     def for_inference(self) -> CifarResNet:
         """Every conv → BN pair folded into one convolution (``fuse_conv_bn_eval``): scoring on this
-        project's CPUs runs about 9 % faster (bench/), and the outputs differ only by float rounding."""
+        project's CPUs ran about 9 % faster side by side, and the outputs differ only by float rounding."""
         folded = copy.deepcopy(self).eval().requires_grad_(False)
         pairs = [(folded, "conv1", "bn1")] + [
             (block, f"conv{i}", f"bn{i}")

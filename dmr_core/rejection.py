@@ -29,7 +29,7 @@ class InputDropout(nn.Module):
     Each element is kept with probability 1 − p (exact to 1/65536) and kept elements are scaled by
     1 / (1 − p), as ``nn.Dropout`` does. The masks are cut from a seeded PCG64 stream, four 16-bit uniforms per
     64-bit word, instead of one Mersenne-Twister Bernoulli draw per element: on this project's 2-core CPUs
-    ``nn.Dropout`` took 40 % of the head's training time, these masks about a quarter of that (bench/).
+    ``nn.Dropout`` took 40 % of the head's training time (profiled), these masks about a quarter of that.
     """
 
     def __init__(self, p: float, seed: int = 0) -> None:
