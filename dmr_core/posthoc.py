@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from .classifier import CifarClassifier
+from .device import place_images, place_model, resolve_device
 from .training import to_float_images
 
 TABLE1_DETECTORS = ("MSP", "ODIN", "Mahalanobis", "Energy", "Entropy", "MaxLogit", "KL-Matching", "ViM")
@@ -60,9 +61,14 @@ class FittedDetector:
 
 def fit_detectors(
     model: CifarClassifier, train: dict[str, np.ndarray], train_labels: np.ndarray, settings: PosthocSettings,
-    names: tuple[str, ...] = ALL_DETECTORS,
+    names: tuple[str, ...] = ALL_DETECTORS, device: torch.device | None = None,
 ) -> list[FittedDetector]:
-    """Build and fit the named pytorch-ood detectors on the ID training representations."""
+    """Build and fit the named pytorch-ood detectors on the ID training representations.
+
+    The detectors that read stored representations run on the CPU (they are cheap, and KNN's index is
+    scikit-learn's); ODIN, which back-propagates through the classifier for every image, runs on ``device``
+    (default: ``resolve_device()``), in float32: its temperature-1000 softmax and input-gradient sign are
+    what it measures, so it gets no mixed precision."""
     labels = torch.from_numpy(train_labels.astype(np.int64))
     head = model.classifier_head()
     w, b = head.weight.detach(), head.bias.detach()
@@ -106,11 +112,24 @@ def fit_detectors(
             det = ASH(None, head=pooled_head, variant="ash-s", percentile=settings.ash_percentile)
             built.append(FittedDetector(name, "feature_map", det.predict_feature_maps))
         elif name == "ODIN":
-            det = ODIN(model.for_inference(), eps=settings.odin_eps, temperature=settings.odin_temperature)
-            built.append(FittedDetector(name, "images", det.predict))
+            built.append(FittedDetector(name, "images", _odin_scorer(model, settings, device or resolve_device())))
         else:
             raise ValueError(f"unknown detector {name!r}; choose from {ALL_DETECTORS}")
     return built
+
+
+def _odin_scorer(model: CifarClassifier, settings: PosthocSettings, device: torch.device) -> Callable[[Tensor], Tensor]:
+    det = ODIN(place_model(model.for_inference(), device), eps=settings.odin_eps, temperature=settings.odin_temperature)
+
+    def score(images: Tensor) -> Tensor:
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions would round ODIN's input gradient to 10 bits
+        try:
+            return det.predict(place_images(images, device)).cpu()
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
+
+    return score
 
 
 def feature_maps_of(flat: np.ndarray, channels: int) -> Tensor:

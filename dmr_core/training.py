@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections.abc import Callable, Iterable
 
@@ -15,10 +16,18 @@ from .errors import NonFiniteLossError  # noqa: F401  (re-exported)
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a torch generator for DataLoader shuffling."""
+    """Seed Python, NumPy and torch; return a torch generator for DataLoader shuffling.
+
+    With a GPU present it also selects deterministic kernels (cuDNN without autotuning, cuBLAS with a fixed
+    workspace), so that a seed gives the same weights on a GPU run after run, as it does on the CPU."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
     return torch.Generator().manual_seed(seed)
 
 

@@ -31,7 +31,7 @@ def test_classifier_with_a_nan_weight_stops_before_updating():
     with pytest.raises(NonFiniteLossError, match=r"classifier: loss is nan at epoch 1, step 0"):
         train_classifier(model, images, labels, epochs=2, batch_size=16, lr=0.1, momentum=0.9,
                          weight_decay=0.0, seed=0)
-    assert torch.equal(model.conv1.weight.detach(), conv_before)
+    assert torch.equal(model.conv1.weight.detach().cpu(), conv_before)  # training moved it to the resolved device
 
 
 def test_diverging_generator_stops_with_location():

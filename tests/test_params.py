@@ -1,6 +1,7 @@
 """Params are validated before any work; each bad value is one line naming key, value and allowed range."""
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,7 +85,8 @@ def test_stage_fails_before_work_with_one_line(tmp_path):
     """A stage run with a bad param exits 1 with a one-line message and writes nothing."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value("synth", "k", 11)))
     result = subprocess.run([sys.executable, "-m", "stages.data"], cwd=tmp_path, capture_output=True, text=True,
-                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                            env={"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+                                 "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error in stage data: invalid params: synth.k = 11: Input should be less than or equal to 10"]

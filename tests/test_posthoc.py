@@ -2,10 +2,12 @@
 
 import numpy as np
 import torch
+from pytorch_ood.detector import ODIN
 
 from dmr_core.classifier import build_classifier
 from dmr_core.features import extract_features
 from dmr_core.posthoc import ALL_DETECTORS, PosthocSettings, fit_detectors, score_set
+from dmr_core.training import to_float_images
 
 
 def test_every_detector_scores_every_representation():
@@ -30,3 +32,16 @@ def test_msp_matches_softmax_definition():
     (msp,) = fit_detectors(model, {"logits": logits}, np.zeros(7), PosthocSettings(), ("MSP",))
     expected = -torch.softmax(torch.from_numpy(logits), 1).max(1).values.numpy()
     np.testing.assert_allclose(score_set(msp, {"logits": logits}, None, 64), expected, rtol=1e-6)
+
+
+def test_odin_scores_as_pytorch_ood_on_the_plain_classifier():
+    """Our ODIN (BN folded, channels-last, on the resolved device) computes pytorch-ood's ODIN of the model."""
+    torch.manual_seed(0)
+    model = build_classifier("resnet20").eval()
+    images = np.random.default_rng(2).integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8)
+    settings = PosthocSettings()
+    (odin,) = fit_detectors(model, {}, np.zeros(16), settings, ("ODIN",))
+    ours = score_set(odin, {}, images, model.feature_channels, batch_size=8)
+    reference = ODIN(model, eps=settings.odin_eps, temperature=settings.odin_temperature)
+    expected = reference.predict(to_float_images(torch.from_numpy(images))).detach().numpy()
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6)
