@@ -3,7 +3,8 @@
 Copies the project (the working tree's committed files, or ``--ref``) to a scratch folder, shrinks
 params.yaml to the subset, runs each stage of the DMR path through DVC one at a time, and prints wall time,
 images/s and peak RSS per stage (encode = latents, synthesize = ood_synth, feature extraction = features,
-head training = rejection_head), then the rest of the pipeline (post-hoc and synthesis baselines, report),
+head training = rejection_head), then the rest of the pipeline (post-hoc and synthesis baselines, combined
+score, report),
 the full-run time and the time of a λ-only re-run. Writes the figures as JSON (default
 metrics/bench.json) so that `dvc metrics diff` shows speed regressions. ``--compare REF`` benchmarks an
 older commit in the same invocation and prints both side by side.
@@ -28,9 +29,19 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-# the DMR path; eval reads the post-hoc scores for its combined row, so baselines runs before it
-DMR_PATH = ("data", "classifier", "generator", "latents", "class_means", "ood_synth", "features",
-            "rejection_head", "baselines", "eval")
+# the DMR path, up to its evaluation
+DMR_PATH = ("data", "classifier", "perceptual_net", "generator", "latents", "class_means", "ood_synth", "features",
+            "rejection_head", "eval")
+
+
+def dmr_path(project: Path) -> list[str]:
+    """The stages of ``DMR_PATH`` that the project's dvc.yaml has, in order; in older layouts eval also read the
+    post-hoc scores (for its combined row), so baselines ran before it."""
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    path = [stage for stage in DMR_PATH if stage in stages]
+    if "data/posthoc_scores.zarr" in stages["eval"]["deps"]:
+        path.insert(path.index("eval"), "baselines")
+    return path
 
 
 def copy_project(dest: Path, ref: str | None = None) -> None:
@@ -91,11 +102,11 @@ def bench(train_per_class: int, ref: str | None = None) -> dict:
             "baselines": n_test + ood_images, "eval": n_test + ood_images,
         }
         stages = {}
-        for stage in DMR_PATH:
+        for stage in dmr_path(project):
             wall, rss = timed(["dvc", "repro", "--single-item", stage], project)
-            stages[stage] = {"wall_s": round(wall, 2), "images_per_s": round(images[stage] / wall, 1),
-                             "peak_rss_mb": round(rss, 1)}
-            print(f"{stage:>15}: {wall:7.1f} s  {images[stage] / wall:9.1f} images/s  peak RSS {rss:7.1f} MB")
+            rate = images.get(stage, 0) / wall
+            stages[stage] = {"wall_s": round(wall, 2), "images_per_s": round(rate, 1), "peak_rss_mb": round(rss, 1)}
+            print(f"{stage:>15}: {wall:7.1f} s  {rate:9.1f} images/s  peak RSS {rss:7.1f} MB")
         dmr_path = sum(s["wall_s"] for s in stages.values())
         rest, rest_rss = timed(["dvc", "repro"], project)
         print(f"{'baselines+report':>15}: {rest:7.1f} s  peak RSS {rest_rss:7.1f} MB")
@@ -129,6 +140,8 @@ def main() -> None:
         before = bench(args.train_per_class, args.compare)
         print(f"\n{'stage':>15} | {args.compare[:10]:>12} | {'now':>8} | speed-up")
         for stage, now in result["stages"].items():
+            if stage not in before["stages"]:
+                continue
             old = before["stages"][stage]["wall_s"]
             print(f"{stage:>15} | {old:10.1f} s | {now['wall_s']:6.1f} s | {old / now['wall_s']:5.2f}×")
         for key in ("dmr_path_s", "full_run_s", "lambda_rerun_s"):

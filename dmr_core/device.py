@@ -47,9 +47,9 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def batch_loader(*tensors: torch.Tensor, batch_size: int, shuffle: bool = False,
-                 generator: torch.Generator | None = None, drop_last: bool = False) -> DataLoader:
+                 rng: torch.Generator | None = None, drop_last: bool = False) -> DataLoader:
     """A DataLoader that indexes whole batches at once (no per-sample collate), so tensors already
-    resident on a GPU stay there. With ``shuffle`` the order is drawn from ``generator``."""
+    resident on a GPU stay there. With ``shuffle`` the order is drawn from ``rng``."""
     dataset = TensorDataset(*tensors)
-    order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    order = RandomSampler(dataset, generator=rng) if shuffle else SequentialSampler(dataset)
     return DataLoader(dataset, sampler=BatchSampler(order, batch_size, drop_last), batch_size=None)

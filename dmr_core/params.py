@@ -6,20 +6,29 @@ An invalid value fails with one line naming the key, the bad value and what is a
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-NUM_ID_CLASSES = 10
-OodSetName = Literal[
-    "textures_partial", "icons", "scenes_crop", "gaussian", "gaussian_raw",
-    "svhn", "textures", "lsun_crop", "tinyimagenet_crop", "places365", "cifar100",
-]
+from .data.datasets import CIFAR10_CLASSES, OOD_SET_NAMES
+from .detectors.posthoc import DETECTORS
+from .errors import ParamsError
+from .nets.classifier import ARCHITECTURES
+from .nets.features import REPRESENTATIONS
+from .nets.generator import GENERATOR_KINDS
+from .synthesis.detail import DETAIL_KINDS
+from .synthesis.latent_mixing import LAMBDA_DISTRIBUTIONS, METHODS
+from .synthesis.variants import VARIANTS
 
-
-from .errors import ParamsError  # noqa: F401  (re-exported)
+# The names each choice allows come from the tables where the choices are implemented.
+NUM_ID_CLASSES = len(CIFAR10_CLASSES)
+OodSetName = Literal[OOD_SET_NAMES]
+DetectorName = Literal[tuple(DETECTORS)]
+LambdaDistribution = Literal[LAMBDA_DISTRIBUTIONS]
+Config = TypeVar("Config")
 
 
 def _check_lambda_range(lambda_min: float, lambda_max: float) -> None:
@@ -29,6 +38,10 @@ def _check_lambda_range(lambda_min: float, lambda_max: float) -> None:
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to(self, config_class: type[Config]) -> Config:
+        """The library's config dataclass built from this section's keys of the same names."""
+        return config_class(**{f.name: getattr(self, f.name) for f in dataclasses.fields(config_class)})
 
 
 class DataParams(_Section):
@@ -41,7 +54,7 @@ class DataParams(_Section):
 
 
 class ClassifierParams(_Section):
-    arch: Literal["resnet20", "resnet32", "resnet44", "resnet56", "wrn40_2"]
+    arch: Literal[tuple(ARCHITECTURES)]
     init: Literal["pretrained", "scratch"]
     epochs: int = Field(ge=0)
     batch_size: int = Field(ge=1)
@@ -60,7 +73,7 @@ class ClassifierParams(_Section):
 
 
 class GeneratorParams(_Section):
-    kind: Literal["conv_vae", "spatial_vae", "style_vae"]
+    kind: Literal[tuple(GENERATOR_KINDS)]
     latent_dim: int = Field(ge=1)
     base_channels: int = Field(ge=4)
     epochs: int = Field(ge=1)
@@ -92,13 +105,13 @@ class LatentsParams(_Section):
 
 
 class SynthParams(_Section):
-    method: Literal["mlm", "dmr", "dmr_mlm"]
+    method: Literal[METHODS]
     k: int = Field(ge=1, le=NUM_ID_CLASSES)
-    lambda_dist: Literal["uniform", "loguniform", "choice"]
+    lambda_dist: LambdaDistribution
     lambda_min: float = Field(gt=0)
     lambda_max: float = Field(gt=0)
     normalise: bool
-    detail: Literal["none", "residual", "residual_dmr"]
+    detail: Literal[DETAIL_KINDS]
     detail_fraction: float = Field(gt=0, le=1)
     num_samples: int = Field(ge=1)
     batch_size: int = Field(ge=1)
@@ -117,7 +130,7 @@ class FeaturesParams(_Section):
 
 
 class HeadParams(_Section):
-    feature: Literal["feature_map", "penultimate", "logits"]
+    feature: Literal[REPRESENTATIONS]
     hidden: int = Field(ge=1)
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
@@ -130,10 +143,6 @@ class HeadParams(_Section):
     seed: int = Field(ge=0)
 
 
-DetectorName = Literal["MSP", "ODIN", "Mahalanobis", "Energy", "Entropy", "MaxLogit", "KL-Matching", "ViM", "KNN",
-                       "ReAct", "DICE", "ASH"]
-
-
 class BaselinesParams(_Section):
     detectors: list[DetectorName] = Field(min_length=1)
     vim_dim: int = Field(ge=1)
@@ -144,12 +153,14 @@ class BaselinesParams(_Section):
     odin_eps: float = Field(ge=0)
     odin_temperature: float = Field(gt=0)
     batch_size: int = Field(ge=1)
+    reference_images: int = Field(ge=2, description="ID-train images whose scores set each score's scale")
+    reference_seed: int = Field(ge=0)
 
 
 class SynthBaselinesParams(_Section):
-    variants: list[Literal["mlm", "dmr", "mim", "kirby", "dmr_kirby"]]
+    variants: list[Literal[tuple(VARIANTS)]]
     k: int = Field(ge=1, le=NUM_ID_CLASSES)
-    lambda_dist: Literal["uniform", "loguniform", "choice"]
+    lambda_dist: LambdaDistribution
     lambda_min: float = Field(gt=0)
     lambda_max: float = Field(gt=0)
     num_samples: int = Field(ge=1)
@@ -165,7 +176,10 @@ class SynthBaselinesParams(_Section):
 class EvalParams(_Section):
     histogram_bins: int = Field(ge=2)
     roc_points: int = Field(ge=2)
-    combine_with: DetectorName | Literal["none"]
+
+
+class CombineParams(_Section):
+    detector: DetectorName | Literal["none"]
 
 
 class Params(_Section):
@@ -178,7 +192,15 @@ class Params(_Section):
     head: HeadParams
     eval: EvalParams
     baselines: BaselinesParams
+    combine: CombineParams
     synth_baselines: SynthBaselinesParams
+
+    @model_validator(mode="after")
+    def _combined_detector_is_scored(self) -> "Params":
+        if self.combine.detector not in ("none", *self.baselines.detectors):
+            raise ValueError(f"combine.detector = {self.combine.detector!r} is not among baselines.detectors; add it "
+                             "there or set combine.detector: none")
+        return self
 
 
 def _first_error(err: ValidationError) -> str:
@@ -189,6 +211,8 @@ def _first_error(err: ValidationError) -> str:
         return f"{key}: missing key (see the default params.yaml for its meaning)"
     if e["type"] == "extra_forbidden":
         return f"{key}: unknown key (a typo? allowed keys are those of the default params.yaml)"
+    if not key:  # a check across sections
+        return msg
     if isinstance(e.get("input"), dict):  # a check across keys of one section
         return f"{key}: {msg}"
     return f"{key} = {e.get('input')!r}: {msg}"

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .artifacts import atomic_output  # noqa: E402
+from .data.artifacts import atomic_output  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> None:
@@ -93,3 +93,13 @@ def save_bar_chart(values: dict[str, float], path: str | Path, title: str, xlabe
     lo = min(v for _, v in items)
     ax.set_xlim(max(0, lo - 10), 100)
     _save(fig, path)
+
+
+def lambda_band_rows(images: np.ndarray, lambdas: np.ndarray, per_row: int = 16) -> list[tuple[str, np.ndarray]]:
+    """Rows for ``save_image_grid``: evenly spaced samples from the lowest, middle and highest third of λ."""
+    order = np.argsort(lambdas, kind="stable")
+    rows = []
+    for band, chunk in zip(("lowest", "middle", "highest"), np.array_split(order, 3)):
+        pick = chunk[np.linspace(0, len(chunk) - 1, min(per_row, len(chunk))).astype(int)]
+        rows.append((f"{band} λ ({lambdas[pick].min():.2f}–{lambdas[pick].max():.2f})", images[pick]))
+    return rows

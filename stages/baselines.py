@@ -1,77 +1,55 @@
-"""Stage baselines: every pytorch-ood post-hoc detector on the frozen classifier → metrics/baselines.json.
+"""Stage baselines: every post-hoc detector of the detector table on the frozen classifier.
 
-Also keeps every detector's per-image scores (ID test, each OOD set, and a fixed ID-train reference subset
-that sets the scale when a score is combined with DMR's) in data/posthoc_scores.zarr.
+Also keeps every detector's per-image scores (ID test, each OOD set, and a seeded ID-train reference subset that
+sets the scale when a score is combined with DMR's).
 """
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 
 import numpy as np
-import zarr
 
-from dmr_core.artifacts import atomic_output, write_json, write_zarr_arrays
-from dmr_core.classifier import load_classifier
-from dmr_core.evaluation import evaluate_scores
-from dmr_core.params import Params
-from dmr_core.posthoc import PosthocSettings, fit_detectors, score_set
-
-from ._common import (
-    CLASSIFIER,
-    METRICS,
-    POSTHOC_SCORES,
-    feature_ood_sets,
-    id_split_path,
-    ood_set_path,
-    read_features,
-    read_image_set,
-    run,
+from dmr_core.data.artifacts import open_zarr, save_zarr, write_json
+from dmr_core.detectors.combine import reference_rows
+from dmr_core.detectors.posthoc import (
+    PosthocSettings,
+    RowSelection,
+    ScoringSet,
+    evaluate_detectors,
+    fit_detectors,
+    score_sets,
 )
+from dmr_core.nets.classifier import load_classifier
+from dmr_core.nets.features import REPRESENTATIONS
+from dmr_core.params import Params
 
-REPRESENTATIONS = ("logits", "penultimate", "feature_map")
-REFERENCE_IMAGES = 2000  # ID-train images whose scores set each detector's scale for combination
+from ._common import id_split_path, ood_set_path, open_features, run
 
 
-def main(params: Params) -> None:
+def main(params: Params, datasets: Path, classifier: Path, features: Path, scores: Path, metrics: Path) -> None:
     p = params.baselines
-    model = load_classifier(CLASSIFIER)
-    settings = PosthocSettings(vim_dim=p.vim_dim, knn_k=p.knn_k, react_percentile=p.react_percentile,
-                               dice_p=p.dice_p, ash_percentile=p.ash_percentile, odin_eps=p.odin_eps,
-                               odin_temperature=p.odin_temperature)
-    train = {r: read_features("id_train", r) for r in REPRESENTATIONS}
-    detectors = fit_detectors(model, train, read_features("id_train", "labels"), settings, tuple(p.detectors))
-    needed = {d.representation for d in detectors}
-    n_train = len(train["logits"])
-    reference = np.sort(np.random.default_rng(0).permutation(n_train)[:min(REFERENCE_IMAGES, n_train)])
-    reference_reps = {r: train[r][reference] for r in needed if r != "images"}  # rows of what is in memory
-    del train
-    sets = {"id_test": ("id_test", id_split_path("test"))}
-    sets.update({name: (f"ood/{name}", ood_set_path(name)) for name in feature_ood_sets()})
-    sets["id_train_reference"] = ("id_train", id_split_path("train"))
-    scores: dict[str, dict[str, object]] = {d.name: {} for d in detectors}
-    seconds = {d.name: 0.0 for d in detectors}
-    for set_name, (feature_key, image_path) in sets.items():
-        is_reference = set_name == "id_train_reference"
-        reps = reference_reps if is_reference else {r: read_features(feature_key, r) for r in needed if r != "images"}
-        images = read_image_set(image_path)[0][reference if is_reference else slice(None)] if "images" in needed else None
-        for det in detectors:
-            start = time.perf_counter()
-            scores[det.name][set_name] = score_set(det, reps, images, model.feature_channels, p.batch_size)
-            seconds[det.name] += time.perf_counter() - start
-    with atomic_output(POSTHOC_SCORES) as tmp:
-        root = zarr.open_group(str(tmp), mode="w")
-        write_zarr_arrays(root, {"reference_indices": reference.astype(np.int64)})
-        for det in detectors:
-            write_zarr_arrays(root.require_group(det.name), {k: np.asarray(v) for k, v in scores[det.name].items()})
-    results = {}
-    for det in detectors:
-        per_set = dict(scores[det.name])
-        per_set.pop("id_train_reference")
-        id_scores = per_set.pop("id_test")
-        results[det.name] = evaluate_scores(id_scores, per_set)
-        print(f"{det.name:>12}: mean AUROC {results[det.name]['mean']['AUROC']:6.2f}  ({seconds[det.name]:.1f} s)")
-    write_json(METRICS / "baselines.json", {"fitted_on": "CIFAR-10 train", "detectors": results})
+    group = open_features(features)
+    ood_sets = list(group.attrs["ood_sets"])
+    train = {r: np.asarray(group["id_train"][r][:]) for r in REPRESENTATIONS}
+    detectors = fit_detectors(load_classifier(classifier), train, np.asarray(group["id_train"]["labels"][:]),
+                              p.to(PosthocSettings), tuple(p.detectors))
+    reference = reference_rows(len(train["logits"]), p.reference_images, p.reference_seed)
+
+    def images(path: Path):
+        return open_zarr(path, "the datasets (stage data)")["images"]
+
+    sets = {"id_test": ScoringSet(group["id_test"], images(id_split_path(datasets, "test")))}
+    sets.update({name: ScoringSet(group[f"ood/{name}"], images(ood_set_path(datasets, name))) for name in ood_sets})
+    sets["id_train_reference"] = ScoringSet({r: train[r][reference] for r in REPRESENTATIONS},
+                                            RowSelection(images(id_split_path(datasets, "train")), reference))
+    del train  # the fitted detectors keep what they need; the reference rows are copies
+    scored, seconds = score_sets(detectors, sets, p.batch_size)
+    save_zarr(scores, {"reference_indices": reference.astype(np.int64), **scored})
+    results = evaluate_detectors(scored, ood_sets)
+    for name, result in results.items():
+        print(f"{name:>12}: mean AUROC {result['mean']['AUROC']:6.2f}  ({seconds[name]:.1f} s)")
+    write_json(metrics, {"fitted_on": "CIFAR-10 train", "detectors": results})
 
 
 if __name__ == "__main__":

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from dmr_core.artifacts import open_zarr, save_zarr
+from dmr_core.data.artifacts import open_zarr, save_zarr
 from dmr_core.params import Params
-from dmr_core.synth import class_means
+from dmr_core.synthesis.latent_mixing import class_means
 
-from ._common import CLASS_MEANS, LATENTS, run
+from ._common import run
 
 
-def main(params: Params) -> None:
-    group = open_zarr(LATENTS, "the latents (stage latents)")
+def main(params: Params, latents: Path, out: Path) -> None:
+    group = open_zarr(latents, "the latents (stage latents)")
     class_names = group.attrs["class_names"]
     labels = np.asarray(group["labels"][:])
     means, counts = class_means(np.asarray(group["latents"][:]), labels, len(class_names))
     residual_means, _ = class_means(np.asarray(group["residuals"][:]), labels, len(class_names))
-    save_zarr(CLASS_MEANS, {"means": means, "counts": counts.astype("int64"), "residual_means": residual_means},
+    save_zarr(out, {"means": means, "counts": counts.astype("int64"), "residual_means": residual_means},
               attrs={"class_names": class_names})
     print("class means: " + ", ".join(f"{n} ({c})" for n, c in zip(class_names, counts)))
 

@@ -1,22 +1,24 @@
-"""Stage features: frozen-classifier representations of ID train/test and every OOD test set."""
+"""Stage features: the frozen classifier's representations of ID train/test and every OOD test set."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import zarr
 
-from dmr_core.artifacts import atomic_output, write_zarr_arrays
-from dmr_core.classifier import load_classifier
-from dmr_core.features import extract_features
+from dmr_core.data.artifacts import atomic_output, write_zarr_arrays
+from dmr_core.nets.classifier import load_classifier
+from dmr_core.nets.features import extract_features
 from dmr_core.params import Params
 
-from ._common import CLASSIFIER, FEATURES, id_split_path, ood_set_path, read_image_set, run
+from ._common import id_split_path, ood_set_path, read_image_set, run
 
 
-def main(params: Params) -> None:
-    model = load_classifier(CLASSIFIER)
-    sets = {"id_train": id_split_path("train"), "id_test": id_split_path("test")}
-    sets.update({f"ood/{name}": ood_set_path(name) for name in params.data.ood_sets})
-    with atomic_output(FEATURES) as tmp:
+def main(params: Params, datasets: Path, classifier: Path, out: Path) -> None:
+    model = load_classifier(classifier)
+    sets = {"id_train": id_split_path(datasets, "train"), "id_test": id_split_path(datasets, "test")}
+    sets.update({f"ood/{name}": ood_set_path(datasets, name) for name in params.data.ood_sets})
+    with atomic_output(out) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         for key, path in sets.items():
             images, labels, _ = read_image_set(path)

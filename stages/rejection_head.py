@@ -1,40 +1,37 @@
-"""Stage rejection_head: train B on frozen-classifier features, ID train (0) vs synthesised OOD (1)."""
+"""Stage rejection_head: B trained on frozen-classifier features, ID train (0) vs synthesised OOD (1)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from dmr_core.artifacts import atomic_output, open_zarr, write_json
-from dmr_core.classifier import load_classifier
-from dmr_core.features import extract_features
+from dmr_core.data.artifacts import atomic_output, open_zarr, write_json
+from dmr_core.nets.classifier import load_classifier
+from dmr_core.nets.rejection_head import save_head
 from dmr_core.params import Params
-from dmr_core.rejection import save_head, train_rejection_head
+from dmr_core.training.head import HeadConfig, train_head_on_images
 
-from ._common import CLASSIFIER, METRICS, OOD_SYNTH, REJECTION_HEAD, read_features, run
+from ._common import open_features, run
 
 
-def main(params: Params) -> None:
+def main(params: Params, features: Path, ood_synth: Path, classifier: Path, out: Path, metrics: Path) -> None:
     p = params.head
-    id_features = read_features("id_train", p.feature)
-    synth_images = np.asarray(open_zarr(OOD_SYNTH, "the synthesised OOD set (stage ood_synth)")["images"][:])
-    synth_features = extract_features(load_classifier(CLASSIFIER), synth_images, params.features.batch_size,
-                                      desc="synth features")[p.feature]
-    head, history = train_rejection_head(
-        id_features, synth_features, hidden=p.hidden, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
-        momentum=p.momentum, nesterov=p.nesterov, weight_decay=p.weight_decay, schedule=p.schedule, seed=p.seed,
-        input_dropout=p.input_dropout,
-    )
+    id_features = np.asarray(open_features(features)["id_train"][p.feature][:])
+    synth_images = np.asarray(open_zarr(ood_synth, "the synthesised OOD set (stage ood_synth)")["images"][:])
+    trained = train_head_on_images(load_classifier(classifier), id_features, synth_images, p.feature,
+                                   p.to(HeadConfig), params.features.batch_size)
     with torch.inference_mode():
-        id_rate = float((head(torch.from_numpy(id_features)) > 0).float().mean()) * 100
-        synth_rate = float((head(torch.from_numpy(synth_features)) > 0).float().mean()) * 100
-    print(f"rejection head: final loss {history[-1]:.4f}; flags {id_rate:.1f}% of ID train, "
+        id_rate = float((trained.head(torch.from_numpy(id_features)) > 0).float().mean()) * 100
+        synth_rate = float((trained.head(torch.from_numpy(trained.synth_features)) > 0).float().mean()) * 100
+    print(f"rejection head: final loss {trained.history[-1]:.4f}; flags {id_rate:.1f}% of ID train, "
           f"{synth_rate:.1f}% of synthesised OOD")
-    with atomic_output(REJECTION_HEAD) as tmp:
-        save_head(head, p.feature, tmp)
-    write_json(METRICS / "rejection_head.json", {
-        "feature": p.feature, "in_features": int(id_features.shape[1]),
-        "train_loss_per_epoch": [round(v, 5) for v in history],
+    with atomic_output(out) as tmp:
+        save_head(trained.head, p.feature, tmp)
+    write_json(metrics, {
+        "feature": p.feature, "in_features": trained.head.config["in_features"],
+        "train_loss_per_epoch": [round(v, 5) for v in trained.history],
         "id_train_flagged_pct": round(id_rate, 3), "synth_flagged_pct": round(synth_rate, 3),
     })
 

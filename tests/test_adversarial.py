@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from dmr_core.adversarial import PatchCritic, balance_weight, critic_hinge_loss, train_vae_gan
-from dmr_core.generator import ConvVAE
+from dmr_core.nets.critic import PatchCritic
+from dmr_core.nets.generator import ConvVAE
+from dmr_core.training.generator import (
+    GeneratorTrainingConfig,
+    balance_weight,
+    critic_hinge_loss,
+    train_generator,
+)
 
 
 def test_hinge_loss_is_zero_only_beyond_the_margins():
@@ -34,8 +40,9 @@ def test_vae_gan_training_is_deterministic_and_changes_the_decoder():
         torch.manual_seed(0)
         model = ConvVAE(latent_dim=8, base_channels=4)
         before = [p.clone() for p in model.decoder.parameters()]
-        history = train_vae_gan(model, images, epochs=2, batch_size=16, lr=1e-3, beta_kl=0.1, adversarial_weight=0.5,
-                                adversarial_start_epoch=1, seed=3, device=torch.device("cpu"))
+        config = GeneratorTrainingConfig(epochs=2, batch_size=16, lr=1e-3, beta_kl=0.1, seed=3, adversarial_weight=0.5,
+                                         adversarial_start_epoch=1)
+        history = train_generator(model, images, config, device=torch.device("cpu"))
         return model, before, history
 
     model, before, history = train()

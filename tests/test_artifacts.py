@@ -5,8 +5,9 @@ import time
 
 import numpy as np
 import pytest
+import zarr
 
-from dmr_core.artifacts import atomic_output, open_zarr, save_zarr
+from dmr_core.data.artifacts import atomic_output, open_zarr, save_zarr
 
 
 def test_failed_write_leaves_nothing(tmp_path):
@@ -39,8 +40,14 @@ def test_failed_write_removes_a_late_write_from_another_thread(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_rewrite_keeps_nothing_stale_and_success_replaces(tmp_path):
+def test_failed_rewrite_keeps_the_old_artifact_whole_and_success_replaces(tmp_path):
     save_zarr(tmp_path / "a.zarr", {"x": np.arange(5)})
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_output(tmp_path / "a.zarr") as tmp:
+            zarr.open_group(str(tmp), mode="w").create_array("x", shape=(3,), dtype="int64")[...] = np.arange(3)
+            raise RuntimeError("disk full")
+    np.testing.assert_array_equal(open_zarr(tmp_path / "a.zarr", "a")["x"][:], np.arange(5))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr"]  # the half-written rewrite is gone
     save_zarr(tmp_path / "a.zarr", {"x": np.arange(3)})
     np.testing.assert_array_equal(open_zarr(tmp_path / "a.zarr", "a")["x"][:], np.arange(3))
 
@@ -78,3 +85,10 @@ def test_interrupt_waits_for_zarr_io_still_in_flight(tmp_path):
             raise KeyboardInterrupt
     assert in_flight.done(), "cleanup returned before zarr's pending write finished"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.zarr"]
+
+
+def test_nested_arrays_become_groups(tmp_path):
+    save_zarr(tmp_path / "s.zarr", {"id_test": np.arange(4), "ood": {"icons": np.ones(3), "noise": np.zeros(2)}})
+    group = open_zarr(tmp_path / "s.zarr", "s")
+    np.testing.assert_array_equal(group["ood"]["icons"][:], np.ones(3))
+    assert sorted(group["ood"].array_keys()) == ["icons", "noise"]

@@ -5,10 +5,10 @@ import os
 import pytest
 import torch
 
-from dmr_core.checkpoints import load_checkpoint
-from dmr_core.classifier import build_classifier, load_classifier, save_classifier
 from dmr_core.errors import CheckpointError
-from dmr_core.generator import ConvVAE, load_generator, save_generator
+from dmr_core.nets.checkpoints import load_checkpoint
+from dmr_core.nets.classifier import build_classifier, load_classifier, save_classifier
+from dmr_core.nets.generator import ConvVAE, load_generator, save_generator
 
 
 def test_wrong_architecture_checkpoint_names_keys(tmp_path):

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from dmr_core.classifier import (
+from dmr_core.nets.classifier import (
     build_classifier,
     load_pretrained,
 )
-from dmr_core.features import extract_features
+from dmr_core.nets.features import extract_features
+from dmr_core.training.classifier import ClassifierTrainingConfig, predict_logits, train_classifier
 
 
 def _models_available() -> bool:
@@ -33,7 +34,7 @@ def test_extract_features_returns_all_representations():
     model = build_classifier("resnet20").eval()
     images = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8).numpy()
     out = extract_features(model, images, batch_size=2)
-    assert out["feature_map"].shape == (5, 4096) and out["feature_map"].dtype.name == "float16"
+    assert out["feature_map"].shape == (5, 64, 8, 8) and out["feature_map"].dtype.name == "float16"
     assert out["penultimate"].shape == (5, 64) and out["logits"].shape == (5, 10)
 
 
@@ -68,16 +69,12 @@ def test_pretrained_resnet20_loads_and_predicts():
 
 def test_model_stays_trainable_after_inference():
     """Scoring (features, accuracy) must not turn the weights into inference tensors."""
-    from dmr_core.classifier import build_classifier
-    from dmr_core.classifier_training import predict_logits, train_classifier
-    from dmr_core.features import extract_features
-
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     labels = np.arange(8) % 10
     model = build_classifier("resnet20")
     predict_logits(model, images, batch_size=4)
     extract_features(model, images, batch_size=4)
-    history = train_classifier(model, images, labels, epochs=1, batch_size=4, lr=0.01, momentum=0.9,
-                               weight_decay=0.0, seed=0)
+    history = train_classifier(model, images, labels, ClassifierTrainingConfig(epochs=1, batch_size=4, lr=0.01,
+                                                                               momentum=0.9, weight_decay=0.0, seed=0))
     assert len(history) == 1 and np.isfinite(history[0])

@@ -1,9 +1,9 @@
-"""DMR + post-hoc score combination (dmr_core.combine)."""
+"""DMR + post-hoc score combination (dmr_core.detectors.combine)."""
 
 import numpy as np
 import pytest
 
-from dmr_core.combine import combined_scores, standardise
+from dmr_core.detectors.combine import combined_scores, standardise
 
 
 def test_standardise_uses_the_reference_only():
@@ -28,7 +28,7 @@ def test_combination_can_beat_both_parts():
     id_a, id_b = rng.normal(size=n), rng.normal(size=n)
     ood_a = np.concatenate([rng.normal(3, 1, n // 2), rng.normal(size=n // 2)])  # half shifted in a
     ood_b = np.concatenate([rng.normal(size=n // 2), rng.normal(3, 1, n // 2)])  # the other half in b
-    from dmr_core.evaluation import ood_metrics
+    from dmr_core.evaluation.metrics import ood_metrics
     auroc_a = ood_metrics(id_a, ood_a)["AUROC"]
     auroc_b = ood_metrics(id_b, ood_b)["AUROC"]
     ref_a, ref_b = rng.normal(size=n), rng.normal(size=n)

@@ -8,7 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from dmr_core.datasets import CIFAR10_CLASSES, DataError, gaussian_noise, load_id_split, load_ood_set, read_tar_split
+from dmr_core.data.datasets import (
+    CIFAR10_CLASSES,
+    DataError,
+    gaussian_noise,
+    load_id_split,
+    load_ood_set,
+    read_tar_split,
+)
 
 
 def png(size=(32, 32), mode="RGB", value=0) -> bytes:
@@ -94,7 +101,7 @@ def test_offline_set_missing_names_both_ways(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"put icons\.tar in the folder named by DMR_DATA_HOME"):
         load_ood_set("icons")
     # CIFAR-10: no archive and (here) no network: the error names the archive and the download
-    monkeypatch.setattr("dmr_core.datasets._download_cifar10",
+    monkeypatch.setattr("dmr_core.data.datasets._download_cifar10",
                         lambda *a: (_ for _ in ()).throw(OSError("network unreachable")))
     with pytest.raises(DataError, match=r"put cifar10\.tar .* or allow the download .*network unreachable"):
         load_id_split("train")

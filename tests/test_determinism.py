@@ -1,7 +1,7 @@
 """Every stage is deterministic given its seed; an up-to-date pipeline does no work."""
 
 import pytest
-from conftest import DOWNSTREAM_OF_SYNTH, make_tiny_project, needs_data, run, stages_run
+from helpers import DOWNSTREAM_OF_SYNTH, make_tiny_project, needs_data, run, stages_run
 
 pytestmark = [needs_data, pytest.mark.e2e]
 

@@ -1,9 +1,11 @@
 """The generators' latent layouts: what a latent coordinate controls."""
 
+import copy
+
 import pytest
 import torch
 
-from dmr_core.generator import ConvVAE, SpatialConvVAE, build_generator, load_generator, save_generator
+from dmr_core.nets.generator import ConvVAE, SpatialConvVAE, build_generator, load_generator, save_generator
 
 
 def _quadrant_change(model, latent, coordinates):
@@ -56,28 +58,28 @@ def test_spatial_checkpoint_round_trip(tmp_path):
 
 
 def test_style_decoder_modulates_every_layer():
+    """Each of the decoder's AdaIN layers normalises its input and lets the style move the decoded image."""
     torch.manual_seed(0)
     model = build_generator("style_vae", latent_dim=32, base_channels=8).eval()
     images = torch.rand(3, 3, 32, 32)
     latents = model.encode(images)
-    assert model.decode(latents).shape == (3, 3, 32, 32)
     reconstructions, squared_error, kl = model.elbo_terms(images)
     assert reconstructions.shape == images.shape and squared_error.item() > 0
-    # the style path alone moves the image: change only the mapping network's input effect
     decoder = model.decoder
+    assert len(decoder.styles) == len(decoder.layers) == 3
     with torch.no_grad():
-        style = decoder.mapping(latents)
-        x = decoder.from_latent(latents).unflatten(1, (4 * decoder.base_channels, 4, 4))
-        h = decoder.layers[0](x)
-        same = decoder.styles[0](h, style)
-        other = decoder.styles[0](h, style.roll(1, dims=0))
-    assert not torch.allclose(same, other), "AdaIN output depends on the style"
-    # instance-normalised: with a zero affine map, the per-channel statistics are fixed whatever the input
-    with torch.no_grad():
-        decoder.styles[0].to_scale_shift.weight.zero_()
-        decoder.styles[0].to_scale_shift.bias.zero_()
-        out = decoder.styles[0](h * 5 + 3, style)
-    torch.testing.assert_close(out.mean(dim=(2, 3)), torch.zeros(3, out.shape[1]), atol=1e-5, rtol=0)
+        decoded = model.decode(latents)
+        for i, adain in enumerate(decoder.styles):
+            kept = copy.deepcopy(adain.to_scale_shift.state_dict())
+            adain.to_scale_shift.weight.zero_()
+            adain.to_scale_shift.bias.zero_()
+            assert not torch.allclose(model.decode(latents), decoded), f"layer {i}'s style changes nothing"
+            # with a zero affine map the layer is a plain instance norm: per-channel means 0 whatever the input
+            features = torch.randn(3, adain.norm.num_features, 4, 4) * 5 + 3
+            out = adain(features, decoder.mapping(latents))
+            torch.testing.assert_close(out.mean(dim=(2, 3)), torch.zeros(3, out.shape[1]), atol=1e-5, rtol=0)
+            adain.to_scale_shift.load_state_dict(kept)
+    torch.testing.assert_close(model.decode(latents), decoded)
 
 
 def test_style_checkpoint_round_trip(tmp_path):

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import GIT_IDENTITY, make_tiny_project, needs_data, run, stages_run
+from helpers import GIT_IDENTITY, make_tiny_project, needs_data, run, stages_run
 
 pytestmark = [needs_data, pytest.mark.e2e]
 

@@ -84,7 +84,8 @@ def test_unreadable_files(tmp_path):
 def test_stage_fails_before_work_with_one_line(tmp_path):
     """A stage run with a bad param exits 1 with a one-line message and writes nothing."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value("synth", "k", 11)))
-    result = subprocess.run([sys.executable, "-m", "stages.data"], cwd=tmp_path, capture_output=True, text=True,
+    command = [sys.executable, "-m", "stages.data", "--out", "data/datasets", "--metrics", "metrics/data.json"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
                             env={"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                                  "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1
@@ -121,3 +122,20 @@ def test_spatial_latent_must_fill_the_grid():
         parse_params(raw)
     raw["generator"]["latent_dim"] = 256
     parse_params(raw)
+
+
+def test_cross_section_rules_are_validated():
+    """combine.detector must be among the scored detectors: `dmr check-params` says so, not the combine stage."""
+    raw = with_value("baselines", "detectors", ["MSP", "Energy"])
+    with pytest.raises(ParamsError, match=r"combine\.detector = 'KNN' is not among baselines\.detectors"):
+        parse_params(raw)
+    raw["combine"]["detector"] = "none"
+    assert parse_params(raw).combine.detector == "none"
+
+
+def test_sections_build_the_library_configs():
+    from dmr_core.training.head import HeadConfig
+
+    params = parse_params(DEFAULTS)
+    config = params.head.to(HeadConfig)
+    assert config.hidden == DEFAULTS["head"]["hidden"] and config.input_dropout == DEFAULTS["head"]["input_dropout"]

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from torch.nn import functional as nnf
 
-from dmr_core.classifier import build_classifier
-from dmr_core.generator import ConvVAE, train_generator
-from dmr_core.perceptual import ClassifierPerceptualLoss, default_layers
+from dmr_core.nets.classifier import build_classifier
+from dmr_core.nets.generator import ConvVAE
+from dmr_core.training.generator import GeneratorTrainingConfig, train_generator
+from dmr_core.training.perceptual import ClassifierPerceptualLoss, default_layers
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +20,8 @@ def classifier():
 def test_distance_is_zero_for_identical_images_and_grows_with_blur(classifier):
     loss = ClassifierPerceptualLoss(classifier, images_per_batch=8)
     images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    blurred = F.avg_pool2d(images, 3, 1, 1, count_include_pad=False)
-    smoother = F.avg_pool2d(images, 7, 1, 3, count_include_pad=False)
+    blurred = nnf.avg_pool2d(images, 3, 1, 1, count_include_pad=False)
+    smoother = nnf.avg_pool2d(images, 7, 1, 3, count_include_pad=False)
     assert loss(images, images).item() == pytest.approx(0.0, abs=1e-6)
     assert 0 < loss(blurred, images).item() < loss(smoother, images).item()
     # unit-normalised channel vectors: each stage's term is at most 4 (opposite unit vectors)
@@ -40,7 +41,7 @@ def test_only_the_first_images_of_the_batch_are_measured(classifier):
 def test_gradient_reaches_the_reconstructions_but_not_the_classifier(classifier):
     loss = ClassifierPerceptualLoss(classifier, images_per_batch=4)
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    reconstructions = F.avg_pool2d(images, 3, 1, 1).requires_grad_(True)
+    reconstructions = nnf.avg_pool2d(images, 3, 1, 1).requires_grad_(True)
     loss(reconstructions, images).backward()
     assert reconstructions.grad is not None and reconstructions.grad.abs().sum() > 0
     assert all(p.grad is None and not p.requires_grad for p in classifier.parameters())
@@ -61,9 +62,10 @@ def test_perceptual_term_changes_training_deterministically(classifier):
     def train(weight):
         torch.manual_seed(0)
         model = ConvVAE(latent_dim=8, base_channels=4)
-        history = train_generator(model, images, epochs=2, batch_size=16, lr=1e-3, beta_kl=0.1, seed=3,
-                                  perceptual=ClassifierPerceptualLoss(classifier, images_per_batch=8),
-                                  perceptual_weight=weight, perceptual_start_epoch=1, device=torch.device("cpu"))
+        config = GeneratorTrainingConfig(epochs=2, batch_size=16, lr=1e-3, beta_kl=0.1, seed=3,
+                                         perceptual_weight=weight, perceptual_start_epoch=1)
+        history = train_generator(model, images, config, ClassifierPerceptualLoss(classifier, images_per_batch=8),
+                                  device=torch.device("cpu"))
         return model, history
 
     plain, plain_history = train(0.0)

@@ -3,15 +3,26 @@
 import json
 
 import pytest
-from conftest import ALL_STAGES, DOWNSTREAM_OF_SYNTH, SYNTH_BASELINES, needs_data, run, stages_run
+from helpers import ALL_STAGES, DOWNSTREAM_OF_SYNTH, SYNTH_BASELINES, needs_data, run, stages_run
 
 pytestmark = [needs_data, pytest.mark.e2e]
 
 
 def test_full_pipeline_produces_metrics_and_plots(tiny_project):
+    """eval.json holds the metrics of the per-image scores eval keeps, for every OOD set and their mean."""
+    import numpy as np
+    import zarr
+
+    from dmr_core.evaluation.metrics import METRIC_KEYS, ood_metrics
+
     metrics = json.loads((tiny_project / "metrics" / "eval.json").read_text())
-    for name in ("textures_partial", "icons", "scenes_crop", "gaussian", "gaussian_raw", "mean"):
-        assert 0.0 <= metrics[name]["AUROC"] <= 100.0
+    scores = zarr.open_group(str(tiny_project / "data" / "dmr_scores.zarr"), mode="r")
+    sets = ["textures_partial", "icons", "scenes_crop", "gaussian", "gaussian_raw"]
+    assert list(scores.attrs["ood_sets"]) == sets and list(metrics)[2:] == sets + ["mean"]
+    for name in sets:
+        assert metrics[name] == ood_metrics(scores["id_test"][:], scores["ood"][name][:]), name
+    for key in METRIC_KEYS:
+        assert metrics["mean"][key] == pytest.approx(np.mean([metrics[s][key] for s in sets]), abs=1e-3)
     assert json.loads((tiny_project / "metrics" / "classifier.json").read_text())["test_accuracy"] > 30
     for plot in ("generator/recon.png", "ood_synth/samples.png", "eval/roc.png", "eval/score_histograms.png",
                  "eval/roc/icons.csv"):
@@ -21,9 +32,10 @@ def test_full_pipeline_produces_metrics_and_plots(tiny_project):
 
 
 def test_report_lists_every_method_and_set(tiny_project):
+    from dmr_core.detectors.posthoc import DETECTORS
+
     baselines = json.loads((tiny_project / "metrics" / "baselines.json").read_text())["detectors"]
-    assert set(baselines) == {"MSP", "ODIN", "Mahalanobis", "Energy", "Entropy", "MaxLogit", "KL-Matching", "ViM",
-                              "KNN", "ReAct", "DICE", "ASH"}
+    assert list(baselines) == list(DETECTORS)
     eval_fields = set(json.loads((tiny_project / "metrics" / "eval.json").read_text())["icons"])
     for name, per_set in baselines.items():
         assert set(per_set["icons"]) == eval_fields, name
@@ -40,7 +52,7 @@ def test_report_lists_every_method_and_set(tiny_project):
     csv = (tiny_project / "metrics" / "report.csv").read_text().splitlines()
     assert csv[0] == "method,kind,set,auroc,aupr_out,fpr95tpr,paper_auroc,paper_aupr_out"
     assert len(csv) == 1 + 19 * 6  # 18 methods and the combined row x (5 sets + mean)
-    combined = json.loads((tiny_project / "metrics" / "eval.json").read_text())["combined"]
+    combined = json.loads((tiny_project / "metrics" / "combined.json").read_text())
     assert combined["method"] == "DMR + KNN" and set(combined["icons"]) == eval_fields
 
 
@@ -74,3 +86,22 @@ def test_detail_changes_only_the_chosen_share_of_synthesised_images(tiny_project
     detailed = synthesised()
     changed = (detailed != plain).reshape(len(plain), -1).any(1)
     assert 0.25 < changed.mean() < 0.55  # about 40 % of the images got their sources' mixed residual
+
+
+def test_combine_and_baselines_changes_leave_dmr_alone(tiny_project):
+    """The combined row has its own stage: choosing another detector re-runs only it and the report, and the
+    generator does not depend on the classifier while the perceptual term is off."""
+    result = run(["dvc", "exp", "run", "-S", "combine.detector=ViM"], tiny_project)
+    assert set(stages_run(result.stdout)) == {"combine", "report"}, result.stdout
+    assert json.loads((tiny_project / "metrics" / "combined.json").read_text())["method"] == "DMR + ViM"
+    result = run(["dvc", "exp", "run", "-S", "classifier.lr=0.02"], tiny_project)
+    ran = set(stages_run(result.stdout))
+    assert "perceptual_net" in ran and not ran & {"generator", "latents", "class_means", "ood_synth"}, result.stdout
+
+
+def test_dmr_stage_runs_any_stage_of_the_pipeline(tiny_project):
+    """`dmr stage` runs a stage's own dvc.yaml command, foreach instances included."""
+    result = run(["dmr", "stage", "synth_baseline@mim"], tiny_project)
+    assert "synth baseline mim: mean AUROC" in result.stdout
+    unknown = run(["dmr", "stage", "nope"], tiny_project, check=False)
+    assert unknown.returncode == 2 and "unknown stage 'nope'" in unknown.stderr and "report" in unknown.stderr

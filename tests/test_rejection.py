@@ -1,36 +1,35 @@
 """The rejection head B, its training, and its pytorch-ood detector interface."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
+from helpers import HEAD, blobs
 from pytorch_ood.api import FeaturesDetector
 
-from dmr_core.evaluation import evaluate_scores, ood_metrics
-from dmr_core.rejection import DMRDetector, InputDropout, RejectionHead, load_head, save_head, train_rejection_head
+from dmr_core.detectors.dmr import DMRDetector, evaluate_head
+from dmr_core.evaluation.metrics import evaluate_scores, ood_metrics
+from dmr_core.nets.rejection_head import InputDropout, RejectionHead, load_head, save_head
+from dmr_core.training.head import train_rejection_head
 
-TRAIN = dict(hidden=32, batch_size=64, lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
-             schedule="cosine", seed=0)
 
-
-def test_head_shapes_match_the_paper():
-    head = RejectionHead(4096, 2048)
+def test_head_reads_the_flattened_feature_map_as_in_the_paper():
+    """Trained on N×C×H×W feature maps, B's first layer takes d = C·H·W inputs (4096 for ResNet-20's 64×8×8) and
+    scores a map exactly as its row-major flattening; a hidden ReLU layer leads to one logit."""
+    rng = np.random.default_rng(0)
+    id_maps = rng.normal(size=(64, 64, 8, 8)).astype(np.float16)
+    head, _ = train_rejection_head(id_maps, (id_maps + 1).astype(np.float16), replace(HEAD, epochs=1, hidden=16))
     linear1, relu, linear2 = head.net
-    assert (linear1.in_features, linear1.out_features) == (4096, 2048)
-    assert isinstance(relu, torch.nn.ReLU)
-    assert (linear2.in_features, linear2.out_features) == (2048, 1)
-    assert head(torch.randn(7, 4096).half()).shape == (7,)
-
-
-def _blobs(n=400, d=16, shift=1.5, seed=0):
-    rng = np.random.default_rng(seed)
-    id_feats = rng.normal(size=(n, d)).astype(np.float16)
-    ood_feats = (rng.normal(size=(n, d)) + shift).astype(np.float16)
-    return id_feats, ood_feats
+    assert (linear1.in_features, linear2.out_features) == (64 * 8 * 8, 1) and isinstance(relu, torch.nn.ReLU)
+    maps = torch.from_numpy(id_maps[:5])
+    torch.testing.assert_close(head(maps), head(maps.reshape(5, -1)))
+    assert head(maps).shape == (5,)
 
 
 def test_training_reduces_loss_and_separates():
-    id_feats, ood_feats = _blobs()
-    head, history = train_rejection_head(id_feats, ood_feats, epochs=5, **TRAIN)
+    id_feats, ood_feats = blobs()
+    head, history = train_rejection_head(id_feats, ood_feats, HEAD)
     assert history[-1] < 0.5 * history[0]
     scores_id = head(torch.from_numpy(id_feats)).numpy()
     scores_ood = head(torch.from_numpy(ood_feats)).numpy()
@@ -38,17 +37,17 @@ def test_training_reduces_loss_and_separates():
 
 
 def test_training_is_deterministic():
-    id_feats, ood_feats = _blobs()
-    a, ha = train_rejection_head(id_feats, ood_feats, epochs=2, **TRAIN)
-    b, hb = train_rejection_head(id_feats, ood_feats, epochs=2, **TRAIN)
+    id_feats, ood_feats = blobs()
+    a, ha = train_rejection_head(id_feats, ood_feats, replace(HEAD, epochs=2))
+    b, hb = train_rejection_head(id_feats, ood_feats, replace(HEAD, epochs=2))
     assert ha == hb
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
 
 
 def test_detector_is_a_pytorch_ood_features_detector(tmp_path):
-    id_feats, ood_feats = _blobs()
-    head, _ = train_rejection_head(id_feats, ood_feats, epochs=2, **TRAIN)
+    id_feats, ood_feats = blobs()
+    head, _ = train_rejection_head(id_feats, ood_feats, replace(HEAD, epochs=2))
     save_head(head, "penultimate", tmp_path / "head.pt")
     loaded, feature = load_head(tmp_path / "head.pt")
     assert feature == "penultimate"
@@ -57,6 +56,15 @@ def test_detector_is_a_pytorch_ood_features_detector(tmp_path):
     z = torch.from_numpy(ood_feats[:10])
     torch.testing.assert_close(detector.predict_features(z), head(z))
     torch.testing.assert_close(detector.predict(z.float().view(10, 4, 4)), head(z.float()))
+
+
+def test_evaluate_head_scores_every_set_with_the_detector():
+    id_feats, ood_feats = blobs()
+    head, _ = train_rejection_head(id_feats, ood_feats, replace(HEAD, epochs=2))
+    result = evaluate_head(head, id_feats, {"blob": ood_feats, "same": id_feats[::-1].copy()})
+    np.testing.assert_array_equal(result.id_scores, DMRDetector(head).scores(id_feats))
+    assert result.metrics["blob"]["AUROC"] > 95 and result.metrics["same"]["AUROC"] == pytest.approx(50, abs=1e-6)
+    assert list(result.metrics) == ["blob", "same", "mean"]
 
 
 def test_evaluate_scores_reports_each_set_and_mean():
@@ -79,10 +87,10 @@ def test_input_dropout_acts_only_while_training():
 
 
 def test_input_dropout_changes_training_and_stays_deterministic():
-    id_feats, ood_feats = _blobs()
-    plain, _ = train_rejection_head(id_feats, ood_feats, epochs=2, **TRAIN)
-    a, _ = train_rejection_head(id_feats, ood_feats, epochs=2, input_dropout=0.5, **TRAIN)
-    b, _ = train_rejection_head(id_feats, ood_feats, epochs=2, input_dropout=0.5, **TRAIN)
+    id_feats, ood_feats = blobs()
+    plain, _ = train_rejection_head(id_feats, ood_feats, replace(HEAD, epochs=2))
+    a, _ = train_rejection_head(id_feats, ood_feats, replace(HEAD, epochs=2, input_dropout=0.5))
+    b, _ = train_rejection_head(id_feats, ood_feats, replace(HEAD, epochs=2, input_dropout=0.5))
     assert not a.training and not b.training
     assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
     assert not all(torch.equal(pa, pp) for pa, pp in zip(a.parameters(), plain.parameters()))

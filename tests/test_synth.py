@@ -1,15 +1,20 @@
-"""Eqs. 4, 6, 7 and the class means (dmr_core.synth)."""
+"""Eqs. 4, 6, 7, the class means, fine detail and the whole synthesised set (dmr_core.synthesis)."""
 
 import numpy as np
 import pytest
 
-from dmr_core.synth import (
+from dmr_core.synthesis.detail import (
     add_detail,
+    add_source_detail,
+    detail_rows,
+    mix_detail,
+    reconstruction_residuals,
+)
+from dmr_core.synthesis.dmr import SynthConfig, synthesize_ood_images
+from dmr_core.synthesis.latent_mixing import (
     class_means,
     mean_marginal_norm,
-    mix_detail,
     mix_latents,
-    reconstruction_residuals,
     sample_lambdas,
     sample_sources,
     synthesize_latents,
@@ -178,3 +183,46 @@ def test_add_detail_clips_to_uint8():
     decoded = np.array([[250, 5, 100]], dtype=np.uint8)
     out = add_detail(decoded, np.array([[10.0, -10.0, 0.4]], dtype=np.float32))
     np.testing.assert_array_equal(out, [[255, 0, 100]])
+
+
+def _decode_to_gray(latents: np.ndarray) -> np.ndarray:
+    """A stand-in G: each latent's first coordinate as the gray level of a 4×4 image."""
+    level = np.clip(np.rint(latents[:, 0] * 10 + 128), 0, 255).astype(np.uint8)
+    return np.broadcast_to(level[:, None, None, None], (len(latents), 4, 4, 3)).copy()
+
+
+def test_synthesised_set_decodes_the_mixed_latents_and_details_only_its_share(toy):
+    latents, labels = toy
+    means, _ = class_means(latents, labels, 10)
+    residuals = np.random.default_rng(2).integers(-20, 21, (len(latents), 4, 4, 3)).astype(np.int16)
+    residual_means, _ = class_means(residuals, labels, 10)
+    config = SynthConfig(method="dmr_mlm", k=2, lambda_dist="loguniform", lambda_min=1.0, lambda_max=4.0,
+                         normalise=False, detail="residual_dmr", detail_fraction=0.3, num_samples=200, batch_size=16,
+                         seed=5)
+    result = synthesize_ood_images(latents, labels, means, _decode_to_gray, config, residuals, residual_means)
+    mixed, sources, lambdas = synthesize_latents(latents, labels, means, method="dmr_mlm", k=2, num_samples=200,
+                                                 lambda_dist="loguniform", lambda_min=1.0, lambda_max=4.0, seed=5)
+    np.testing.assert_array_equal(result.sources, sources)
+    np.testing.assert_array_equal(result.source_labels, labels[sources])
+    plain = _decode_to_gray(mixed)
+    detailed = detail_rows(200, 0.3, 5)
+    untouched = np.setdiff1d(np.arange(200), detailed)
+    np.testing.assert_array_equal(result.images[untouched], plain[untouched])
+    row = detailed[0]
+    detail = mix_latents(residuals[sources[[row]]].astype(np.float32), residual_means[labels[sources[[row]]]],
+                         lambdas[[row]], "dmr_mlm")
+    np.testing.assert_array_equal(result.images[row], add_detail(plain[[row]], detail)[0])
+    assert 0.2 < len(detailed) / 200 < 0.4
+
+
+def test_without_detail_the_residuals_are_never_read(toy):
+    latents, labels = toy
+
+    class Unreadable:
+        def __getitem__(self, key):
+            raise AssertionError("residuals read though detail is none")
+
+    images = _decode_to_gray(latents[:6])
+    out = add_source_detail(images.copy(), "none", Unreadable(), Unreadable(), labels, np.zeros((6, 1), int),
+                            np.ones(6, np.float32), "dmr", 1.0, 0, 4)
+    np.testing.assert_array_equal(out, images)

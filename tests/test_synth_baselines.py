@@ -1,13 +1,14 @@
-"""The other OOD-synthesis methods produce valid images from a tiny dataset."""
+"""The other OOD-synthesis methods of the variant table produce what they promise from a tiny dataset."""
 
 import numpy as np
 import torch
 
-from dmr_core.classifier import build_classifier
-from dmr_core.features import extract_features
-from dmr_core.kirby import class_activation_maps, erase_and_inpaint
-from dmr_core.posthoc import feature_maps_of
-from dmr_core.synth import pixel_mixup, sample_sources
+from dmr_core.nets.classifier import build_classifier
+from dmr_core.nets.features import extract_features
+from dmr_core.synthesis.kirby import class_activation_maps, erase_and_inpaint
+from dmr_core.synthesis.latent_mixing import class_means, sample_sources, synthesize_latents
+from dmr_core.synthesis.mim import pixel_mixup
+from dmr_core.synthesis.variants import VARIANTS, SynthesisSources, VariantConfig
 
 
 def tiny_images(n=40, seed=0):
@@ -56,10 +57,42 @@ def test_kirby_from_a_real_classifier_cam():
     images, _ = tiny_images(8)
     model = build_classifier("resnet20").eval()
     feats = extract_features(model, images, batch_size=4)
-    fmaps = feature_maps_of(feats["feature_map"], model.feature_channels)
+    fmaps = torch.from_numpy(feats["feature_map"]).float()
     cams = class_activation_maps(fmaps, model.classifier_head().weight.detach(),
                                  torch.from_numpy(feats["logits"]).argmax(1)).numpy()
     out = erase_and_inpaint(images, cams, 0.3)
     assert out.shape == (8, 32, 32, 3)
     changed = (out != images).any(-1).mean()
     assert 0.0 < changed < 1.0
+
+
+def test_every_variant_synthesises_from_the_same_sources():
+    images, labels = tiny_images(60)
+    model = build_classifier("resnet20").eval()
+    feats = extract_features(model, images, batch_size=30)
+    latents = np.random.default_rng(1).normal(size=(60, 6)).astype(np.float32)
+    decoded = []
+
+    def decode(mixed):
+        decoded.append(mixed)
+        return np.zeros((len(mixed), 32, 32, 3), np.uint8)
+
+    sources = SynthesisSources(labels=labels, images=images, latents=latents,
+                               class_means=class_means(latents, labels, 10)[0], decode=decode,
+                               feature_maps=feats["feature_map"], logits=feats["logits"],
+                               class_weights=model.classifier_head().weight.detach())
+    config = VariantConfig(k=3, lambda_dist="uniform", lambda_min=1.0, lambda_max=3.0, num_samples=20,
+                           kirby_threshold=0.3, seed=0)
+    made = {name: variant.synthesise(sources, config) for name, variant in VARIANTS.items()}
+    assert {name: len(out) for name, out in made.items()} == {"mlm": 20, "dmr": 20, "mim": 20, "kirby": 20,
+                                                               "dmr_kirby": 40}
+    assert all(out.dtype == np.uint8 and out.shape[1:] == (32, 32, 3) for out in made.values())
+    np.testing.assert_array_equal(made["dmr_kirby"][20:], made["kirby"])  # the union holds the KIRBY set as is
+    # the latent variants decode eq. 4 (k = 3) and eq. 6 (k = 1) with these settings
+    means = class_means(latents, labels, 10)[0]
+    common = dict(num_samples=20, lambda_dist="uniform", lambda_min=1.0, lambda_max=3.0, seed=0)
+    mlm = synthesize_latents(latents, labels, means, method="mlm", k=3, **common)[0]
+    np.testing.assert_array_equal(decoded[0], mlm)
+    dmr = synthesize_latents(latents, labels, means, method="dmr", k=1, **common)[0]
+    np.testing.assert_array_equal(decoded[1], dmr)
+    assert len({v.title for v in VARIANTS.values()}) == len(VARIANTS)

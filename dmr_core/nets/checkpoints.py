@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> None:

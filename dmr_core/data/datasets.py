@@ -7,19 +7,19 @@ come from torchvision / pytorch-ood downloads into ``$DMR_CACHE``. Gaussian-nois
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import re
 import tarfile
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError  # noqa: F401  (re-exported)
+from ..errors import DataError
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -34,6 +34,18 @@ OFFLINE_ARCHIVES = {
     "icons": ("icons.tar", "icons"),
     "scenes_crop": ("scenes_crop.tar", "scenes_crop"),
 }
+OFFLINE_OOD_SETS = tuple(name for name in OFFLINE_ARCHIVES if name != "cifar10")
+GENERATED_SETS = ("gaussian", "gaussian_raw")  # the paper's smooth noise and per-pixel noise, made from a seed
+# downloadable OOD sets: (module, dataset class, keyword arguments of its test split)
+DOWNLOADABLE_SETS = {
+    "svhn": ("torchvision.datasets", "SVHN", {"split": "test"}),
+    "textures": ("pytorch_ood.dataset.img", "Textures", {}),
+    "lsun_crop": ("pytorch_ood.dataset.img", "LSUNCrop", {}),
+    "tinyimagenet_crop": ("pytorch_ood.dataset.img", "TinyImageNetCrop", {}),
+    "places365": ("pytorch_ood.dataset.img", "Places365", {}),
+    "cifar100": ("torchvision.datasets", "CIFAR100", {"train": False}),
+}
+OOD_SET_NAMES = (*OFFLINE_OOD_SETS, *GENERATED_SETS, *DOWNLOADABLE_SETS)
 
 
 
@@ -244,18 +256,10 @@ def _download_cifar10(split: str, per_class: int, seed: int) -> ImageSet:
     return ImageSet(images, labels, list(CIFAR10_CLASSES), source="torchvision CIFAR10 download")
 
 
-def _downloaders() -> dict[str, Callable[[Path], object]]:
-    from pytorch_ood.dataset.img import LSUNCrop, Places365, Textures, TinyImageNetCrop
-    from torchvision.datasets import CIFAR100, SVHN
-
-    return {
-        "svhn": lambda root: SVHN(str(root), split="test", download=True),
-        "textures": lambda root: Textures(str(root), download=True),
-        "lsun_crop": lambda root: LSUNCrop(str(root), download=True),
-        "tinyimagenet_crop": lambda root: TinyImageNetCrop(str(root), download=True),
-        "places365": lambda root: Places365(str(root), download=True),
-        "cifar100": lambda root: CIFAR100(str(root), train=False, download=True),
-    }
+def _download(name: str, root: Path):
+    """The torchvision / pytorch-ood test split of a downloadable OOD set, downloaded into ``root`` if absent."""
+    module, dataset_class, kwargs = DOWNLOADABLE_SETS[name]
+    return getattr(importlib.import_module(module), dataset_class)(str(root), download=True, **kwargs)
 
 
 def _missing(name: str, archive: str | None, err: Exception | None) -> DataError:
@@ -280,7 +284,7 @@ def load_id_split(split: str, per_class: int = 0, seed: int = 0) -> ImageSet:
 
 def load_ood_set(name: str, max_images: int = 0, seed: int = 0, gaussian_count: int = 10000) -> ImageSet:
     """One OOD test set by name (labels all -1)."""
-    if name in ("gaussian", "gaussian_raw"):
+    if name in GENERATED_SETS:
         count = min(gaussian_count, max_images) if max_images else gaussian_count
         images = gaussian_noise(count, seed, smooth=name == "gaussian")
         return ImageSet(images, np.full(count, -1, np.int16), [], source=f"generated, seed {seed}")
@@ -293,13 +297,12 @@ def load_ood_set(name: str, max_images: int = 0, seed: int = 0, gaussian_count: 
                 f"(now {os.environ.get('DMR_DATA_HOME', 'unset')}); it has no public download"
             )
         return read_tar_split(home / archive_name, top, "test", None, max_images=max_images, seed=seed)
-    downloaders = _downloaders()
-    if name not in downloaders:
-        raise DataError(f"unknown OOD set {name!r}")
+    if name not in DOWNLOADABLE_SETS:
+        raise DataError(f"unknown OOD set {name!r}; choose from {list(OOD_SET_NAMES)}")
     root = download_dir()
     try:
         root.mkdir(parents=True, exist_ok=True)
-        dataset = downloaders[name](root)
+        dataset = _download(name, root)
     except Exception as err:
         raise _missing(name, None, err) from None
     images = _from_torch_dataset(dataset, max_images, seed)

@@ -7,34 +7,37 @@ from importlib import resources
 
 import pandas as pd
 
+from ..detectors.posthoc import DETECTORS
+from ..synthesis.dmr import SynthConfig
+from ..synthesis.variants import VARIANTS
+
 PAPER_SETS = ("svhn", "textures", "lsun_crop", "tinyimagenet_crop", "places365", "gaussian")
-# our method name -> (paper table-1 row, paper table-3 row)
-PAPER_ROWS = {
-    "MSP": ("MSP", None), "ODIN": ("ODIN", None), "Mahalanobis": ("Mahalanobis", None), "Energy": ("Energy", None),
-    "Entropy": ("Entropy", None), "MaxLogit": ("MaxLogit", None), "KL-Matching": ("KL-Matching", None),
-    "ViM": ("ViM", None), "MIM": ("MIM", None), "KIRBY": ("KIRBY", None), "DMR (DMR+MLM, eq. 7)": ("DMR", "DMR+MLM"),
-    "MLM (eq. 4)": (None, "MLM"), "DMR-single (eq. 6)": (None, "DMR-single"),
-}
-SYNTH_NAMES = {"mlm": "MLM (eq. 4)", "dmr": "DMR-single (eq. 6)", "mim": "MIM", "kirby": "KIRBY",
-               "dmr_kirby": "DMR + KIRBY"}
 DMR_NAME = "DMR (DMR+MLM, eq. 7)"
+# our method name -> (the paper's Table 1 row, its Table 3 row), from the detector and synthesis-variant tables
+PAPER_ROWS = {
+    **{name: (name if spec.in_paper_table1 else None, None) for name, spec in DETECTORS.items()},
+    **{v.title: (v.paper_table1_row, v.paper_table3_row) for v in VARIANTS.values()},
+    DMR_NAME: ("DMR", "DMR+MLM"),
+}
 
 
 def paper_tables() -> dict:
-    return json.loads(resources.files("dmr_core").joinpath("reference/paper_tables.json").read_text())
+    return json.loads(resources.files("dmr_core.evaluation").joinpath("reference/paper_tables.json").read_text())
 
 
-def collect(eval_metrics: dict, baselines: dict, synth_baselines: dict[str, dict]) -> dict[str, tuple[str, dict]]:
-    """{method: (kind, {set: {metric: value}})} from the metrics files of eval, baselines and synth_baseline."""
+def collect(eval_metrics: dict, baselines: dict, synth_baselines: dict[str, dict],
+            combined: dict | None = None) -> dict[str, tuple[str, dict]]:
+    """{method: (kind, {set: {metric: value}})} from the metrics files of eval, baselines, combine and
+    synth_baseline."""
     def per_set(m: dict) -> dict:
         return {k: v for k, v in m.items() if isinstance(v, dict) and "AUROC" in v}
 
     methods = {name: ("post-hoc", per_set(m)) for name, m in baselines.get("detectors", {}).items()}
     methods[DMR_NAME] = ("synthesis", per_set(eval_metrics))
-    if "combined" in eval_metrics:  # an extra row, never a replacement for DMR's own
-        methods[eval_metrics["combined"]["method"] + " (combined)"] = ("combined", per_set(eval_metrics["combined"]))
+    if combined and combined.get("method"):  # an extra row, never a replacement for DMR's own
+        methods[combined["method"] + " (combined)"] = ("combined", per_set(combined))
     for variant, m in synth_baselines.items():
-        methods[SYNTH_NAMES.get(variant, variant)] = ("synthesis", per_set(m))
+        methods[VARIANTS[variant].title] = ("synthesis", per_set(m))
     return methods
 
 
@@ -55,6 +58,12 @@ def build_table(methods: dict[str, tuple[str, dict]], paper: dict) -> pd.DataFra
                          "aupr_out": m["AUPR-OUT"], "fpr95tpr": m["FPR95TPR"],
                          "paper_auroc": paper_auroc, "paper_aupr_out": paper_aupr})
     return pd.DataFrame(rows)
+
+
+def describe_synthesis(s: SynthConfig) -> str:
+    """The DMR row's synthesis settings in words, for the report."""
+    return (f"{s.method}, k = {s.k}, λ {s.lambda_dist} [{s.lambda_min}, {s.lambda_max}], {s.num_samples:,} images"
+            + (f", {s.detail} detail on {s.detail_fraction:.0%} of them" if s.detail != "none" else ""))
 
 
 def _cell(value: float, best: bool, paper: float | None) -> str:

@@ -1,4 +1,4 @@
-"""Synthesising OOD training images from ID data alone (paper §3, eqs. 4, 6, 7).
+"""Mixing latents into OOD latents (paper §3, eqs. 4, 6, 7), and the class means they subtract.
 
 With the encoder E, generator G, and class means μ_y = mean of E(x) over the ID training images of
 class y (``class_means``), the marginal representation of an image is w^mar = E(x) − μ_y. Three
@@ -10,18 +10,12 @@ methods mix latents of k images drawn from k *distinct* classes:
 
 λ, the emphasis factor, is drawn per sample: U(λ_min, λ_max) as in the paper (1–3), log-uniform on the
 same range, or from {λ_min, λ_max} with p = ½ each as in the authors' notebooks. MLM has no λ (stored as 1).
-
-A blurry generator G lets the rejection head separate "sharp = ID" from "smooth = OOD" (see the design
-notes). The residual r = x − G(E(x)) holds the fine detail G loses; (w, r) is then a lossless two-level
-code of x. Two ways to give a synthesised sample fine detail (``detail`` in the stage):
-
-- ``residual``:     x = G(w_mix) + Σ_i r_i / √k  (``mix_detail``; keeps the energy of one residual)
-- ``residual_dmr``: x = G(w_mix) + r_mix, where r_mix is the same equation (4 / 6 / 7) as w_mix, applied
-  to the residuals with their own class means and the same λ (``mix_latents`` on r).
-Everything here is pure array math; the stage decodes the mixed latents with G.
+Everything here is pure array math over latents; ``synthesis.dmr`` decodes the mixed latents with G.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -63,18 +57,22 @@ def sample_sources(labels: np.ndarray, k: int, num_samples: int, rng: np.random.
     return order[starts[classes] + offsets]
 
 
+LAMBDA_SAMPLERS: dict[str, Callable[[int, float, float, np.random.Generator], np.ndarray]] = {
+    "uniform": lambda n, low, high, rng: rng.uniform(low, high, size=n),
+    "loguniform": lambda n, low, high, rng: np.exp(rng.uniform(np.log(low), np.log(high), size=n)),
+    "choice": lambda n, low, high, rng: np.where(rng.random(n) < 0.5, low, high),
+}
+LAMBDA_DISTRIBUTIONS = tuple(LAMBDA_SAMPLERS)
+
+
 def sample_lambdas(num_samples: int, dist: str, low: float, high: float, rng: np.random.Generator) -> np.ndarray:
     """Per-sample emphasis factors λ: ``uniform`` U(low, high), ``loguniform`` (log λ uniform: as many samples
     in [1, 2] as in [2, 4]) or ``choice`` {low, high} with p = ½."""
     if low <= 0 or low > high:
         raise ValueError(f"need 0 < lambda_min <= lambda_max; got {low}, {high}")
-    if dist == "uniform":
-        return rng.uniform(low, high, size=num_samples).astype(np.float32)
-    if dist == "choice":
-        return np.where(rng.random(num_samples) < 0.5, low, high).astype(np.float32)
-    if dist == "loguniform":
-        return np.exp(rng.uniform(np.log(low), np.log(high), size=num_samples)).astype(np.float32)
-    raise ValueError(f"unknown lambda distribution {dist!r}; choose uniform, loguniform or choice")
+    if dist not in LAMBDA_SAMPLERS:
+        raise ValueError(f"unknown lambda distribution {dist!r}; choose from {LAMBDA_DISTRIBUTIONS}")
+    return LAMBDA_SAMPLERS[dist](num_samples, low, high, rng).astype(np.float32)
 
 
 def mix_latents(
@@ -125,27 +123,3 @@ def synthesize_latents(
     norm = mean_marginal_norm(latents, labels, means) if normalise and method != "mlm" else None
     mixed = mix_latents(latents[sources], means[source_labels], lambdas, method, norm)
     return mixed.astype(np.float32), sources, lambdas
-
-
-def reconstruction_residuals(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
-    """r = x − G(E(x)) per pixel, as int16 in [−255, 255] (uint8 N×H×W×C in)."""
-    if images.shape != reconstructions.shape:
-        raise ValueError(f"images {images.shape} and reconstructions {reconstructions.shape} differ in shape")
-    return images.astype(np.int16) - reconstructions.astype(np.int16)
-
-
-def mix_detail(source_residuals: np.ndarray) -> np.ndarray:
-    """Σ_i r_i / √k over the k sources of each sample: (n, k, H, W, C) int16 → (n, H, W, C) float32."""
-    k = source_residuals.shape[1]
-    return source_residuals.astype(np.float32).sum(axis=1) / np.float32(np.sqrt(k))
-
-
-def add_detail(decoded: np.ndarray, detail: np.ndarray) -> np.ndarray:
-    """G(w) + detail, rounded and clipped to uint8."""
-    return np.clip(np.rint(decoded.astype(np.float32) + detail), 0, 255).astype(np.uint8)
-
-
-def pixel_mixup(images: np.ndarray, sources: np.ndarray) -> np.ndarray:
-    """MIM baseline: the pixel-space average of the k source images of each sample (uint8 in, uint8 out)."""
-    mixed = images[sources].astype(np.float32).mean(axis=1)
-    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)

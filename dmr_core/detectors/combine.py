@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..evaluation.metrics import evaluate_scores
+
 
 def standardise(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """(scores − mean(reference)) / std(reference), in float64."""
@@ -30,3 +32,18 @@ def combined_scores(dmr: np.ndarray, posthoc: np.ndarray, dmr_reference: np.ndar
     if len(dmr) != len(posthoc):
         raise ValueError(f"{len(dmr)} DMR scores but {len(posthoc)} post-hoc scores")
     return standardise(dmr, dmr_reference) + standardise(posthoc, posthoc_reference)
+
+
+def reference_rows(num_train: int, size: int, seed: int) -> np.ndarray:
+    """The ID-training rows whose scores set each score's scale: a seeded subset of ``size`` rows (all of them
+    when the set is smaller), ascending."""
+    return np.sort(np.random.default_rng(seed).permutation(num_train)[:min(size, num_train)])
+
+
+def combined_metrics(dmr_id: np.ndarray, dmr_ood: dict[str, np.ndarray], dmr_reference: np.ndarray,
+                     posthoc_id: np.ndarray, posthoc_ood: dict[str, np.ndarray],
+                     posthoc_reference: np.ndarray) -> dict[str, dict[str, float]]:
+    """OOD metrics of the combined score per OOD set and their mean (``evaluate_scores``)."""
+    return evaluate_scores(combined_scores(dmr_id, posthoc_id, dmr_reference, posthoc_reference),
+                           {name: combined_scores(scores, posthoc_ood[name], dmr_reference, posthoc_reference)
+                            for name, scores in dmr_ood.items()})

@@ -11,15 +11,17 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn import functional as nnf
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..errors import CheckpointError
 from .checkpoints import load_checkpoint, load_state_dict_checked
-from .errors import CheckpointError  # noqa: F401  (re-exported)
 
 PRETRAINED_FILES = {
     "resnet20": "resnet20-12fca82f.th",
@@ -32,8 +34,6 @@ RESNET_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9}
 # The normalisation the pretrained ResNets were trained with.
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
-
-
 
 
 class CifarClassifier(nn.Module):
@@ -64,7 +64,7 @@ class CifarClassifier(nn.Module):
 
     @staticmethod
     def penultimate(feature_map: Tensor) -> Tensor:
-        return F.adaptive_avg_pool2d(feature_map, 1).flatten(1)
+        return nnf.adaptive_avg_pool2d(feature_map, 1).flatten(1)
 
     def logits_from_penultimate(self, penultimate: Tensor) -> Tensor:
         return self.classifier_head()(penultimate)
@@ -86,12 +86,12 @@ class _BasicBlockA(nn.Module):
         if self.pad == 0:
             return x
         # Option A: subsample and zero-pad channels, no parameters (as in the pretrained files).
-        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+        return nnf.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = nnf.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return nnf.relu(out + self.shortcut(x))
 
 
 class CifarResNet(CifarClassifier):
@@ -117,7 +117,7 @@ class CifarResNet(CifarClassifier):
                 nn.init.kaiming_normal_(m.weight)
 
     def feature_map(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(self.normalise(x))))
+        out = nnf.relu(self.bn1(self.conv1(self.normalise(x))))
         return self.layer3(self.layer2(self.layer1(out)))
 
     def for_inference(self) -> CifarResNet:
@@ -150,9 +150,9 @@ class _WideBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        o = F.relu(self.bn1(x))
+        o = nnf.relu(self.bn1(x))
         y = self.conv1(o)
-        y = self.conv2(F.relu(self.bn2(y)))
+        y = self.conv2(nnf.relu(self.bn2(y)))
         return y + (x if self.shortcut is None else self.shortcut(o))
 
 
@@ -180,19 +180,23 @@ class WideResNet(CifarClassifier):
                 nn.init.zeros_(m.bias)
 
     def feature_map(self, x: Tensor) -> Tensor:
-        return F.relu(self.bn(self.blocks(self.conv1(self.normalise(x)))))
+        return nnf.relu(self.bn(self.blocks(self.conv1(self.normalise(x)))))
 
     def classifier_head(self) -> nn.Linear:
         return self.fc
 
 
+ARCHITECTURES: dict[str, Callable[[int], CifarClassifier]] = {
+    **{arch: partial(CifarResNet, depth) for arch, depth in RESNET_DEPTHS.items()},
+    "wrn40_2": partial(WideResNet, 40, 2),
+}
+
+
 def build_classifier(arch: str, num_classes: int = 10) -> CifarClassifier:
     """A freshly initialised classifier of the named architecture."""
-    if arch in RESNET_DEPTHS:
-        return CifarResNet(RESNET_DEPTHS[arch], num_classes)
-    if arch == "wrn40_2":
-        return WideResNet(40, 2, num_classes)
-    raise ValueError(f"unknown classifier arch {arch!r}; choose from {sorted(RESNET_DEPTHS) + ['wrn40_2']}")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown classifier arch {arch!r}; choose from {list(ARCHITECTURES)}")
+    return ARCHITECTURES[arch](num_classes=num_classes)
 
 
 def pretrained_path(arch: str) -> Path:

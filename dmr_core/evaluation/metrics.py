@@ -35,3 +35,9 @@ def roc_points(id_scores: np.ndarray, ood_scores: np.ndarray, max_points: int = 
         keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
         fpr, tpr = fpr[keep], tpr[keep]
     return fpr, tpr
+
+
+def reconstruction_error(images: np.ndarray, reconstructions: np.ndarray) -> tuple[float, float]:
+    """(mean squared error on [0, 1] pixels, PSNR in dB) of uint8 reconstructions of uint8 images."""
+    mse = float(np.mean((reconstructions.astype(np.float64) - images) ** 2) / 255.0**2)
+    return mse, float(10 * np.log10(1.0 / mse))

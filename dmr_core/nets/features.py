@@ -1,4 +1,8 @@
-"""Frozen-classifier representations: computed once per image set and reused by every detector."""
+"""The frozen classifier's representations of an image set, computed once and read by every detector.
+
+``feature_map`` is the last convolutional feature map N×C×H×W (the paper's head input; stored as float16),
+``penultimate`` its global average N×C, ``logits`` N×classes (both float32).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..device import autocast, batch_loader, place_images, place_model, resolve_device
+from ..images import to_float_images
 from .classifier import CifarClassifier
-from .device import autocast, batch_loader, place_images, place_model, resolve_device
-from .training import to_float_images
 
 REPRESENTATIONS = ("feature_map", "penultimate", "logits")
 
@@ -17,7 +21,7 @@ def extract_features(
     model: CifarClassifier, images: np.ndarray, batch_size: int = 500, desc: str = "features",
     device: torch.device | None = None,
 ) -> dict[str, np.ndarray]:
-    """The flattened last feature map (float16), penultimate vector and logits (float32) of every image."""
+    """Every representation of every image (uint8 N×32×32×3 in), batched."""
     device = device or resolve_device()
     # a folded copy: the caller's model is left as it was (device, layout, trainability)
     model = place_model(model.for_inference(), device)
@@ -31,7 +35,7 @@ def extract_features(
                 fmap = model.feature_map(place_images(to_float_images(x), device)).float()
             pen = model.penultimate(fmap)
             logits = model.logits_from_penultimate(pen)
-        parts = {"feature_map": fmap.flatten(1).half(), "penultimate": pen, "logits": logits}
+        parts = {"feature_map": fmap.half(), "penultimate": pen, "logits": logits}
         if not out:
             out = {k: np.empty((n,) + v.shape[1:], dtype=np.float16 if k == "feature_map" else np.float32)
                    for k, v in parts.items()}

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional as nnf
 from tqdm import tqdm
 
 
@@ -25,7 +25,7 @@ def class_activation_maps(feature_maps: torch.Tensor, weight: torch.Tensor, clas
     flat = cams.flatten(1)
     lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
     cams = (cams - lo) / (hi - lo).clamp_min(1e-8)
-    return F.interpolate(cams[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return nnf.interpolate(cams[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 
 
 def erase_and_inpaint(images: np.ndarray, cams: np.ndarray, threshold: float = 0.3, radius: int = 3) -> np.ndarray:

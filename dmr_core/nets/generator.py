@@ -11,14 +11,14 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn import functional as nnf
 from tqdm import tqdm
 
+from ..device import autocast, batch_loader, resolve_device
+from ..errors import CheckpointError
+from ..images import to_float_images, to_uint8_images
 from .checkpoints import load_checkpoint, load_state_dict_checked
-from .device import autocast, batch_loader, resolve_device
-from .errors import CheckpointError
-from .training import run_epochs, seed_everything, to_float_images
 
 
 @runtime_checkable
@@ -69,20 +69,9 @@ class ConvVAE(nn.Module):
         mu, logvar = self.posterior(images)
         w = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         reconstructions = self.decode(w)
-        squared_error = F.mse_loss(reconstructions.float(), images, reduction="sum") / len(images)
+        squared_error = nnf.mse_loss(reconstructions.float(), images, reduction="sum") / len(images)
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / len(images)
         return reconstructions, squared_error, kl
-
-
-def vae_loss(model: ConvVAE, images: Tensor, beta_kl: float, perceptual: nn.Module | None = None,
-             perceptual_weight: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
-    """(G(w), summed squared error, loss): the negative ELBO per image, squared error + β·KL(q(w|x) ‖ N(0, I)),
-    plus ``perceptual_weight · perceptual(G(w), x)`` when ``perceptual`` is given."""
-    reconstructions, squared_error, kl = model.elbo_terms(images)
-    loss = squared_error + beta_kl * kl
-    if perceptual is not None:
-        loss = loss + perceptual_weight * perceptual(reconstructions, images)
-    return reconstructions, squared_error, loss
 
 
 class SpatialConvVAE(ConvVAE):
@@ -146,7 +135,7 @@ class StyleDecoder(nn.Module):
         style = self.mapping(latents)
         x = self.from_latent(latents).unflatten(1, (4 * self.base_channels, 4, 4))
         for layer, modulate in zip(self.layers, self.styles):
-            x = F.relu(modulate(layer(x), style))
+            x = nnf.relu(modulate(layer(x), style))
         return torch.sigmoid(self.to_rgb(x))
 
 
@@ -169,44 +158,6 @@ def build_generator(kind: str, **config) -> nn.Module:
     if kind not in GENERATOR_KINDS:
         raise ValueError(f"unknown generator kind {kind!r}; choose from {sorted(GENERATOR_KINDS)}")
     return GENERATOR_KINDS[kind](**config)
-
-
-def train_generator(
-    model: ConvVAE, images: np.ndarray, *, epochs: int, batch_size: int, lr: float, beta_kl: float, seed: int,
-    perceptual: nn.Module | None = None, perceptual_weight: float = 0.0, perceptual_start_epoch: int = 0,
-    device: torch.device | None = None,
-) -> list[float]:
-    """Adam on the negative ELBO with random horizontal flips; returns the mean loss per epoch.
-
-    With ``perceptual`` (a loss of (reconstructions, images), e.g. :class:`~dmr_core.perceptual.ClassifierPerceptualLoss`)
-    and ``perceptual_weight`` > 0, ``perceptual_weight · perceptual(G(w), x)`` joins the loss from epoch
-    ``perceptual_start_epoch`` (0-based) on. The images stay resident on ``device`` (default: ``resolve_device()``)."""
-    device = device or resolve_device()
-    generator = seed_everything(seed)
-    model.to(device).train()
-    use_perceptual = perceptual is not None and perceptual_weight > 0
-    if use_perceptual:
-        perceptual.to(device)
-    loader = batch_loader(torch.from_numpy(images).to(device), batch_size=batch_size, shuffle=True,
-                          generator=generator, drop_last=len(images) > batch_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
-    steps_done = [0]  # run_epochs does not pass the epoch; it follows from the number of batches seen
-
-    def batch_loss(batch):
-        (x,) = batch
-        x = to_float_images(x)
-        flip = (torch.rand(len(x), generator=generator) < 0.5).to(device)
-        x[flip] = x[flip].flip(3)
-        epoch = steps_done[0] // len(loader)
-        steps_done[0] += 1
-        with autocast(device):
-            term = perceptual if use_perceptual and epoch >= perceptual_start_epoch else None
-            return vae_loss(model, x, beta_kl, term, perceptual_weight)[2], len(x)
-
-    history = run_epochs(loader, batch_loss, optimizer, schedule, epochs=epochs, what="generator")
-    model.eval().requires_grad_(False)
-    return history
 
 
 def encode_images(model: Generator, images: np.ndarray, batch_size: int = 512,
@@ -245,11 +196,14 @@ def load_generator(path) -> nn.Module:
 
 def decode_to_images(model: Generator, latents: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """G(w) for many latents, batched, as uint8 N×32×32×3."""
-    from .training import to_uint8_images
-
     model.to(resolve_device())
     out = np.empty((len(latents), 32, 32, 3), np.uint8)
     for start in tqdm(range(0, len(latents), batch_size), desc="decode", leave=False):
         batch = torch.from_numpy(latents[start:start + batch_size])
         out[start:start + len(batch)] = to_uint8_images(decode_latents(model, batch))
     return out
+
+
+def reconstruct(model: Generator, images: np.ndarray) -> np.ndarray:
+    """G(E(x)) of uint8 images, as uint8; the latents are decoded in one batch."""
+    return to_uint8_images(decode_latents(model, torch.from_numpy(encode_images(model, images))))

@@ -3,7 +3,7 @@
 DMR's rejection head sees images only through the classifier F. A generator trained on squared error
 alone makes reconstructions G(E(x)) whose F-features differ from those of photographs (blur removes the
 texture F's early layers respond to), and the head learns that difference instead of the marginal
-content (DESIGN.md, "Known pitfall"). This loss trains the decoder to make G(E(x)) look like x *to F*:
+content (README, "Results of the default run"). This loss trains the decoder to make G(E(x)) look like x *to F*:
 
     d(x, x̂) = Σ_l 1/(H_l W_l) Σ_{h,w} ‖ φ̂_l(x)_{hw} − φ̂_l(x̂)_{hw} ‖²
 
@@ -14,12 +14,18 @@ frozen; only the generator's gradient flows through it.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+import shutil
+from pathlib import Path
 
-from .classifier import CifarClassifier, CifarResNet
-from .device import place_images, place_model
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as nnf
+
+from ..device import place_images, place_model
+from ..nets.checkpoints import load_checkpoint
+from ..nets.classifier import CifarClassifier, CifarResNet, load_classifier
+
+UNUSED_MARKER = {"perceptual_net": None}
 
 
 def default_layers(classifier: CifarClassifier) -> tuple[str, ...]:
@@ -66,7 +72,7 @@ class ClassifierPerceptualLoss(nn.Module):
     def _stage_features(self, images: Tensor) -> list[Tensor]:
         self._activations.clear()
         self.classifier.feature_map(place_images(images, images.device))
-        return [F.normalize(self._activations[name].float(), dim=1) for name in self.layers]
+        return [nnf.normalize(self._activations[name].float(), dim=1) for name in self.layers]
 
     def forward(self, reconstructions: Tensor, images: Tensor) -> Tensor:
         n = min(self.images_per_batch, len(images))
@@ -74,3 +80,21 @@ class ClassifierPerceptualLoss(nn.Module):
             targets = self._stage_features(images[:n])
         outputs = self._stage_features(reconstructions[:n])
         return sum((out - target).pow(2).sum(1).mean() for out, target in zip(outputs, targets))
+
+
+def write_perceptual_net(classifier_checkpoint: str | Path, weight: float, path: str | Path) -> None:
+    """What the generator's perceptual term measures through: the classifier checkpoint when ``weight`` > 0,
+    else a fixed marker whose bytes do not depend on the classifier, so that retraining F does not retrain a
+    generator that never looks at it."""
+    if weight > 0:
+        shutil.copyfile(classifier_checkpoint, path)
+    else:
+        torch.save(UNUSED_MARKER, path)
+
+
+def load_perceptual_loss(path: str | Path, images_per_batch: int) -> ClassifierPerceptualLoss | None:
+    """The perceptual loss through the network ``write_perceptual_net`` stored, or None where it stored none."""
+    payload = load_checkpoint(path)
+    if payload == UNUSED_MARKER:
+        return None
+    return ClassifierPerceptualLoss(load_classifier(path), images_per_batch=images_per_batch)

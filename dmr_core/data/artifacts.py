@@ -99,10 +99,14 @@ def write_json(path: str | Path, payload: Any) -> None:
 
 
 def write_zarr_arrays(
-    group: zarr.Group, arrays: dict[str, np.ndarray], rows_per_chunk: int = 4096
+    group: zarr.Group, arrays: dict[str, Any], rows_per_chunk: int = 4096
 ) -> None:
-    """Store each array in ``group``, chunked along the first axis (the sample axis)."""
+    """Store each array in ``group``, chunked along the first axis (the sample axis); a dict value becomes a
+    subgroup holding its arrays."""
     for name, values in arrays.items():
+        if isinstance(values, dict):
+            write_zarr_arrays(group.require_group(name), values, rows_per_chunk)
+            continue
         values = np.ascontiguousarray(values)
         chunks = (max(1, min(rows_per_chunk, values.shape[0])),) + values.shape[1:]
         arr = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks)
@@ -111,7 +115,7 @@ def write_zarr_arrays(
 
 
 def save_zarr(
-    path: str | Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any] | None = None,
+    path: str | Path, arrays: dict[str, Any], attrs: dict[str, Any] | None = None,
     rows_per_chunk: int = 4096,
 ) -> None:
     """Write a zarr group holding ``arrays`` and ``attrs`` atomically."""

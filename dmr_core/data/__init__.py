@@ -1,0 +1,1 @@
+"""Image sets (ID and OOD) and the artifacts the pipeline writes."""

@@ -1,0 +1,220 @@
+"""Post-hoc OOD detectors on the same frozen classifier, all from pytorch-ood (paper Table 1 and later).
+
+Each detector scores one stored representation (logits, penultimate vector, or the last feature map);
+ODIN, which perturbs its input along the loss gradient, scores images. Detectors that need fitting
+fit on the ID **training** split only (the authors' notebooks fit on the test split; we do not).
+``DETECTORS`` is the one table of them: adding a detector means adding an entry; params validation and the
+report read the names from it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pytorch_ood.detector import (
+    ASH,
+    DICE,
+    KNN,
+    ODIN,
+    EnergyBased,
+    Entropy,
+    KLMatching,
+    Mahalanobis,
+    MaxLogit,
+    MaxSoftmax,
+    ReAct,
+    ViM,
+)
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm import tqdm
+
+from ..device import place_images, place_model, resolve_device
+from ..evaluation.metrics import evaluate_scores
+from ..images import to_float_images
+from ..nets.classifier import CifarClassifier
+
+
+@dataclass(frozen=True)
+class PosthocSettings:
+    """params.yaml section ``baselines``: the detectors' own settings."""
+
+    vim_dim: int = 32
+    knn_k: int = 50
+    react_percentile: float = 0.9
+    dice_p: float = 0.9
+    ash_percentile: float = 0.9
+    odin_eps: float = 0.0014
+    odin_temperature: float = 1000.0
+
+
+@dataclass
+class FittedDetector:
+    """A detector and the representation it reads: logits, penultimate, feature_map or images."""
+
+    name: str
+    representation: str
+    score: Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What a detector may fit on: the classifier and its ID-training representations and labels."""
+
+    model: CifarClassifier
+    train: dict[str, np.ndarray]
+    labels: Tensor
+    settings: PosthocSettings
+    device: torch.device
+
+    def tensor(self, representation: str) -> Tensor:
+        return torch.from_numpy(self.train[representation]).float()
+
+    @property
+    def weight(self) -> Tensor:
+        return self.model.classifier_head().weight.detach()
+
+    @property
+    def bias(self) -> Tensor:
+        return self.model.classifier_head().bias.detach()
+
+    def pooled_head(self, feature_maps: Tensor) -> Tensor:
+        """F's logits from its last feature map (what ReAct and ASH rectify or prune before)."""
+        return self.model.classifier_head()(self.model.penultimate(feature_maps))
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    representation: str
+    build: Callable[[FitContext], Callable[[Tensor], Tensor]]
+    in_paper_table1: bool = False
+
+
+def _odin(ctx: FitContext) -> Callable[[Tensor], Tensor]:
+    """ODIN on ``ctx.device`` in float32: its temperature-1000 softmax and input-gradient sign are what it
+    measures, so it gets no mixed precision and no TF32 convolutions."""
+    s = ctx.settings
+    det = ODIN(place_model(ctx.model.for_inference(), ctx.device), eps=s.odin_eps, temperature=s.odin_temperature)
+
+    def score(images: Tensor) -> Tensor:
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions would round ODIN's input gradient to 10 bits
+        try:
+            return det.predict(place_images(images, ctx.device)).cpu()
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
+
+    return score
+
+
+def _react(ctx: FitContext) -> Callable[[Tensor], Tensor]:
+    det = ReAct(None, head=ctx.pooled_head, percentile=ctx.settings.react_percentile)
+    det.fit_feature_maps(ctx.tensor("feature_map"), ctx.labels)
+    return det.predict_feature_maps
+
+
+DETECTORS: dict[str, DetectorSpec] = {
+    "MSP": DetectorSpec("logits", lambda ctx: MaxSoftmax(None).predict_logits, True),
+    "ODIN": DetectorSpec("images", _odin, True),
+    "Mahalanobis": DetectorSpec(
+        "penultimate", lambda ctx: Mahalanobis(None).fit_features(ctx.tensor("penultimate"), ctx.labels)
+        .predict_features, True),
+    "Energy": DetectorSpec("logits", lambda ctx: EnergyBased(None).predict_logits, True),
+    "Entropy": DetectorSpec("logits", lambda ctx: Entropy(None).predict_logits, True),
+    "MaxLogit": DetectorSpec("logits", lambda ctx: MaxLogit(None).predict_logits, True),
+    "KL-Matching": DetectorSpec(
+        "logits", lambda ctx: KLMatching(None).fit_logits(ctx.tensor("logits"), ctx.labels).predict_logits, True),
+    "ViM": DetectorSpec(
+        "penultimate", lambda ctx: ViM(None, d=ctx.settings.vim_dim, w=ctx.weight, b=ctx.bias)
+        .fit_features(ctx.tensor("penultimate"), ctx.labels).predict_features, True),
+    "KNN": DetectorSpec(
+        "penultimate", lambda ctx: KNN(None, k=ctx.settings.knn_k).fit_features(ctx.tensor("penultimate"), ctx.labels)
+        .predict_features),
+    "ReAct": DetectorSpec("feature_map", _react),
+    "DICE": DetectorSpec(
+        "penultimate", lambda ctx: DICE(None, w=ctx.weight, b=ctx.bias, p=ctx.settings.dice_p)
+        .fit_features(ctx.tensor("penultimate"), ctx.labels).predict_features),
+    "ASH": DetectorSpec(
+        "feature_map", lambda ctx: ASH(None, head=ctx.pooled_head, variant="ash-s",
+                                       percentile=ctx.settings.ash_percentile).predict_feature_maps),
+}
+TABLE1_DETECTORS = tuple(name for name, spec in DETECTORS.items() if spec.in_paper_table1)
+
+
+def fit_detectors(
+    model: CifarClassifier, train: dict[str, np.ndarray], train_labels: np.ndarray, settings: PosthocSettings,
+    names: tuple[str, ...] = tuple(DETECTORS), device: torch.device | None = None,
+) -> list[FittedDetector]:
+    """Build and fit the named detectors on the ID training representations. The detectors that read stored
+    representations run on the CPU (they are cheap, and KNN's index is scikit-learn's); ODIN, which
+    back-propagates through the classifier for every image, runs on ``device`` (default: ``resolve_device()``)."""
+    unknown = [name for name in names if name not in DETECTORS]
+    if unknown:
+        raise ValueError(f"unknown detector(s) {unknown}; choose from {list(DETECTORS)}")
+    ctx = FitContext(model, train, torch.from_numpy(train_labels.astype(np.int64)), settings,
+                     device or resolve_device())
+    return [FittedDetector(name, DETECTORS[name].representation, DETECTORS[name].build(ctx)) for name in names]
+
+
+def score_set(
+    detector: FittedDetector, representations: dict[str, np.ndarray], images: np.ndarray | None,
+    batch_size: int = 500,
+) -> np.ndarray:
+    """Outlier scores (higher = more OOD) of one set, batched."""
+    if detector.representation == "images":
+        if images is None:
+            raise ValueError(f"{detector.name} needs the images of the set")
+        loader = DataLoader(TensorDataset(torch.from_numpy(images)), batch_size=batch_size)
+        parts = [detector.score(to_float_images(x)).detach() for (x,) in tqdm(loader, desc=detector.name, leave=False)]
+    else:
+        values = representations[detector.representation]
+        with torch.inference_mode():
+            parts = [detector.score(torch.from_numpy(values[start:start + batch_size * 8]).float())
+                     for start in range(0, len(values), batch_size * 8)]
+    return torch.cat(parts).float().cpu().numpy()
+
+
+@dataclass(frozen=True)
+class ScoringSet:
+    """One image set to score: its stored representations (a mapping name → array-like, e.g. a zarr group) and
+    its images (an array-like, read only when a detector scores images)."""
+
+    representations: Any
+    images: Any
+
+
+class RowSelection:
+    """Rows ``rows`` of an array-like, read when first indexed (so unread when no detector needs them)."""
+
+    def __init__(self, array: Any, rows: np.ndarray) -> None:
+        self.array, self.rows = array, rows
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.asarray(self.array[:])[self.rows][key]
+
+
+def score_sets(detectors: list[FittedDetector], sets: dict[str, ScoringSet], batch_size: int
+               ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
+    """({detector: {set: scores}}, {detector: seconds spent scoring}); each set's representations are read once."""
+    needed = {d.representation for d in detectors}
+    scores: dict[str, dict[str, np.ndarray]] = {d.name: {} for d in detectors}
+    seconds = {d.name: 0.0 for d in detectors}
+    for set_name, scoring_set in sets.items():
+        representations = {r: np.asarray(scoring_set.representations[r][:]) for r in needed if r != "images"}
+        images = np.asarray(scoring_set.images[:]) if "images" in needed else None
+        for det in detectors:
+            start = time.perf_counter()
+            scores[det.name][set_name] = score_set(det, representations, images, batch_size)
+            seconds[det.name] += time.perf_counter() - start
+    return scores, seconds
+
+
+def evaluate_detectors(scores: dict[str, dict[str, np.ndarray]], ood_sets: list[str]) -> dict[str, dict]:
+    """{detector: OOD metrics per set and mean} from each detector's ``id_test`` and OOD-set scores."""
+    return {name: evaluate_scores(per_set["id_test"], {s: per_set[s] for s in ood_sets})
+            for name, per_set in scores.items()}

@@ -1,0 +1,1 @@
+"""The networks: classifier F, generator pair (E, G), patch critic, rejection head B, and F's representations."""
