@@ -1,13 +1,18 @@
-"""Writing artifacts so that a stage killed midway leaves nothing a later stage could consume.
+"""Writing artifacts so that a stage killed midway leaves nothing a later stage could consume, and reading them so
+that a damaged one is refused instead of read as if fine.
 
 Every output is written under a temporary sibling name and moved into place with one
 ``os.replace`` once it is complete; leftovers of a killed run are removed on the next write.
+Every zarr array carries a crc32c checksum per chunk and stores every chunk, even one equal to the fill value, so
+that a missing, truncated or corrupt chunk can be told from real data; ``open_zarr`` checks that every chunk is on
+disk and returns read-only wrappers whose reads turn a failed checksum into a ``DataError`` naming the artifact.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import json
 import os
 import shutil
@@ -15,10 +20,24 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from dmr_core.errors import DataError
+
+# zarr's own default compressor (zstd at its default level), then a crc32c of the compressed bytes: a flipped or
+# missing byte anywhere in a stored chunk fails the checksum before decompression is tried
+CHECKSUMMED_COMPRESSORS = (ZstdCodec(level=0), Crc32cCodec())
+# zarr skips chunks equal to the fill value by default, and reads a chunk that is not there as the fill value: a
+# deleted chunk would then be indistinguishable from one never written
+STORE_EVERY_CHUNK = {"write_empty_chunks": True}
+# what a read of a damaged artifact can raise inside zarr: a failed checksum (ValueError), a codec's error
+# (RuntimeError from zstd), the file system's (OSError); selection errors are IndexError and pass through
+READ_ERRORS = (ValueError, RuntimeError, OSError)
 
 
 def _remove(path: Path) -> None:
@@ -101,15 +120,17 @@ def write_json(path: str | Path, payload: Any) -> None:
 def write_zarr_arrays(
     group: zarr.Group, arrays: dict[str, Any], rows_per_chunk: int = 4096
 ) -> None:
-    """Store each array in ``group``, chunked along the first axis (the sample axis); a dict value becomes a
-    subgroup holding its arrays."""
+    """Store each array in ``group``, chunked along the first axis (the sample axis), every chunk stored and
+    checksummed (so that ``open_zarr`` can refuse a damaged one); a dict value becomes a subgroup holding its
+    arrays."""
     for name, values in arrays.items():
         if isinstance(values, dict):
             write_zarr_arrays(group.require_group(name), values, rows_per_chunk)
             continue
         values = np.ascontiguousarray(values)
         chunks = (max(1, min(rows_per_chunk, values.shape[0])),) + values.shape[1:]
-        arr = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks)
+        arr = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks,
+                                 compressors=CHECKSUMMED_COMPRESSORS, config=STORE_EVERY_CHUNK)
         if values.size:
             arr[...] = values
 
@@ -126,9 +147,162 @@ def save_zarr(
             group.attrs.update(attrs)
 
 
-def open_zarr(path: str | Path, what: str) -> zarr.Group:
-    """Open an existing zarr group read-only, or fail saying which stage produces it."""
+def _damaged(path: Path, what: str, problem: str, fix: str | None = None) -> DataError:
+    """The one-line error of a damaged artifact: which artifact, what is wrong inside it, and the fix (by default:
+    restore it from DVC's cache, ``--force`` as DVC will not overwrite a modified file without it, or rebuild it)."""
+    problem = " ".join(problem.split())  # a codec's message may span lines; the error is one line
+    fix = fix or f"run `dvc checkout --force {path}` to restore {what}, or `dvc repro` to rebuild it"
+    return DataError(f"{path} is damaged: {problem}; {fix}")
+
+
+def _stored_files(root: Path) -> set[str]:
+    """Every file under ``root``, as store keys (relative, ``/``-separated): one directory walk, no reads."""
+    return {Path(folder, name).relative_to(root).as_posix()
+            for folder, _, names in os.walk(root) for name in names}
+
+
+def _check_array(array: zarr.Array, stored: set[str], path: Path, what: str) -> None:
+    """Refuse an array without a checksum (written before checksums, e.g. restored from an old cache) or with a
+    chunk file missing (zarr would read it as the fill value). The expected chunk files come from the metadata's
+    chunk grid; ``write_zarr_arrays`` never shards, so each chunk is one file."""
+    name = array.path.strip("/")
+    if not any(isinstance(codec, Crc32cCodec) for codec in array.compressors):
+        raise _damaged(path, what, f"array {name} was written without a checksum (by an older version of the "
+                                   f"pipeline, e.g. restored from an old cache)",
+                       f"run `dvc repro` to rebuild {what} with checksums")
+    keys = (array.metadata.encode_chunk_key(coords)
+            for coords in itertools.product(*(range(n) for n in array.cdata_shape)))
+    missing = [key for key in keys if f"{name}/{key}" not in stored]
+    if missing:
+        raise _damaged(path, what, f"array {name} is missing {len(missing)} of {array.nchunks} chunks "
+                                   f"(first: {name}/{missing[0]})")
+
+
+class ArtifactArray:
+    """A read-only zarr array of an artifact: indexing reads it as zarr does, but a chunk that fails its checksum
+    or cannot be decoded raises a one-line ``DataError`` naming the artifact, the array and the fix."""
+
+    def __init__(self, array: zarr.Array, path: Path, what: str) -> None:
+        self._array, self._path, self._what = array, path, what
+
+    @property
+    def name(self) -> str:
+        """The array's path inside the artifact, e.g. ``ood/icons/feature_map``."""
+        return self._array.path.strip("/")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._array.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._array.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self._array.ndim
+
+    @property
+    def size(self) -> int:
+        return self._array.size
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return self._array.chunks
+
+    @property
+    def attrs(self) -> MappingProxyType:
+        return MappingProxyType(self._array.attrs.asdict())
+
+    def __len__(self) -> int:
+        """Rows along the first axis, as NumPy's ``len`` (zarr 3's ``Array`` has none)."""
+        if not self.shape:
+            raise TypeError("len() of a 0-d array")
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self._array[key]
+        except READ_ERRORS as err:
+            problem = ("a chunk fails its crc32c checksum (corrupt or truncated)" if "checksum" in str(err)
+                       else f"a chunk cannot be decoded ({type(err).__name__}: {err})")
+            raise _damaged(self._path, self._what, f"array {self.name}: {problem}") from err
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self[...], dtype=dtype)
+
+    def __repr__(self) -> str:
+        return f"<ArtifactArray {self._path}/{self.name} shape={self.shape} dtype={self.dtype}>"
+
+
+class ArtifactGroup:
+    """A read-only zarr group of an artifact, indexed like one (``group["ood/icons"]["logits"]``, ``in``,
+    ``array_keys()``, ``attrs``); its members are wrapped too, so every read goes through ``ArtifactArray``."""
+
+    def __init__(self, group: zarr.Group, path: Path, what: str) -> None:
+        self._group, self._path, self._what = group, path, what
+
+    def _wrap(self, node: zarr.Array | zarr.Group) -> ArtifactArray | ArtifactGroup:
+        cls = ArtifactGroup if isinstance(node, zarr.Group) else ArtifactArray
+        return cls(node, self._path, self._what)
+
+    def __getitem__(self, key: str) -> ArtifactArray | ArtifactGroup:
+        try:
+            node = self._group[key]
+        except KeyError:
+            inside = f" in {self.name}" if self.name else ""
+            raise _damaged(self._path, self._what, f"it has no array or group {key!r}{inside}") from None
+        return self._wrap(node)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._group
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._group.keys())
+
+    def __len__(self) -> int:
+        return len(self._group)
+
+    def keys(self) -> Iterator[str]:
+        return self._group.keys()
+
+    def array_keys(self) -> Iterator[str]:
+        return self._group.array_keys()
+
+    def group_keys(self) -> Iterator[str]:
+        return self._group.group_keys()
+
+    @property
+    def name(self) -> str:
+        """The group's path inside the artifact (``""`` for the artifact itself)."""
+        return self._group.path.strip("/")
+
+    @property
+    def attrs(self) -> MappingProxyType:
+        return MappingProxyType(self._group.attrs.asdict())
+
+    def __repr__(self) -> str:
+        return f"<ArtifactGroup {self._path}/{self.name}>"
+
+
+def open_zarr(path: str | Path, what: str) -> ArtifactGroup:
+    """Open an existing zarr group read-only, or fail saying which stage produces it.
+
+    Refuses, with a one-line ``DataError``, an artifact with an array written without a checksum or with a chunk
+    file missing (a directory listing and the metadata: no chunk is read); reads of the returned group then
+    refuse a chunk that fails its checksum. ``what`` names the artifact for the user, e.g. "the latents (stage
+    latents)"."""
     path = Path(path)
     if not (path / "zarr.json").is_file():
         raise FileNotFoundError(f"{path} is missing or incomplete: run `dvc repro` to build {what}")
-    return zarr.open_group(str(path), mode="r")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        stored = _stored_files(path)
+        for _, node in group.members(max_depth=None):
+            if isinstance(node, zarr.Array):
+                _check_array(node, stored, path, what)
+    except DataError:
+        raise
+    except READ_ERRORS as err:  # unreadable metadata (zarr.json)
+        raise _damaged(path, what, f"its metadata cannot be read ({type(err).__name__}: {err})") from err
+    return ArtifactGroup(group, path, what)
