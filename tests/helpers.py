@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import MutableMapping
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,20 @@ def blobs(n: int = 400, d: int = 16, shift: float = 1.5, seed: int = 0) -> tuple
     """ID and OOD float16 features: two Gaussian blobs ``shift`` apart in every coordinate."""
     rng = np.random.default_rng(seed)
     return rng.normal(size=(n, d)).astype(np.float16), (rng.normal(size=(n, d)) + shift).astype(np.float16)
+
+
+# the environment variables that name folders (offline archives, pretrained weights, downloads)
+PATH_VARIABLES = ("DMR_DATA_HOME", "DMR_MODEL_HOME", "DMR_CACHE")
+
+
+def make_path_variables_absolute(environ: MutableMapping[str, str], start: Path) -> None:
+    """Rewrite each relative ``PATH_VARIABLES`` value as an absolute path against ``start``, the folder pytest was
+    started from: the end-to-end tests run the stages in a copy of the project in a temporary folder, where a
+    relative path would name another folder than the one the user meant."""
+    for name in PATH_VARIABLES:
+        value = environ.get(name)
+        if value and not os.path.isabs(os.path.expanduser(value)):
+            environ[name] = os.path.abspath(start / value)
 
 
 def data_home_available() -> bool:

@@ -1,7 +1,8 @@
 """Reading the ID and OOD image sets into uint8 arrays (N×32×32×3).
 
 Offline, sets come from the uncompressed tars in ``$DMR_DATA_HOME`` (layout
-``<set>/<split>/[<class>/]<file>``), read member by member in memory, never extracted. Online, they
+``<set>/<split>/[<class>/]<file>``; a relative path is taken from the project root), read member by member in
+memory, never extracted; members and images too large to be real are skipped unread. Online, they
 come from torchvision / pytorch-ood downloads into ``$DMR_CACHE``. Gaussian-noise sets are generated.
 """
 
@@ -12,6 +13,7 @@ import io
 import os
 import re
 import tarfile
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -47,7 +49,16 @@ DOWNLOADABLE_SETS = {
 }
 OOD_SET_NAMES = (*OFFLINE_OOD_SETS, *GENERATED_SETS, *DOWNLOADABLE_SETS)
 
-
+# Archive bombs: a member is read into memory whole and an image decoded whole, so both are capped before either
+# happens. The real members are a few KB (the largest is 5 KB) and only 32×32 images are kept; the caps sit far
+# above any real image (an uncompressed 4K UHD RGBA bitmap is 33 MB and 8.3 M pixels) and far below what could
+# hurt the machine (a decoded RGB image at the pixel cap is 50 MB).
+MAX_MEMBER_BYTES = 64 * 2**20
+MAX_IMAGE_PIXELS = 4096 * 4096
+RELATIVE_PATH_RULE = (
+    "a relative path is taken from the project folder the stage runs in; `dvc exp run --temp` and queued "
+    "experiments run in a copy elsewhere, so give an absolute path there"
+)
 
 
 @dataclass
@@ -61,13 +72,55 @@ class ImageSet:
     skipped: dict[str, int] = field(default_factory=dict)
 
 
+def env_folder(variable: str) -> Path | None:
+    """The folder an environment variable names, as an absolute path (None if unset or empty).
+
+    A relative value is resolved against the working directory, which for a stage is the project root (DVC runs
+    every stage command there), so ``DMR_DATA_HOME=../shared/data`` means ``shared/data`` beside the project root;
+    made absolute once, it cannot change meaning in code that later changes directory.
+    """
+    value = os.environ.get(variable)
+    return Path(os.path.abspath(os.path.expanduser(value))) if value else None
+
+
+def describe_env_folder(variable: str) -> str:
+    """``DMR_DATA_HOME (now ../shared/data, i.e. /abs/shared/data)``: the value as typed and the folder it names,
+    so that a message about a missing archive shows where it was looked for."""
+    value = os.environ.get(variable)
+    if not value:
+        return f"{variable} (now unset)"
+    folder = env_folder(variable)
+    return f"{variable} (now {value})" if str(folder) == value else f"{variable} (now {value}, i.e. {folder})"
+
+
+def relative_path_hint(variable: str) -> str:
+    """The rule for relative paths, to end a message with, when ``variable`` holds one (else nothing)."""
+    value = os.environ.get(variable)
+    return f" ({RELATIVE_PATH_RULE})" if value and not os.path.isabs(os.path.expanduser(value)) else ""
+
+
 def data_home() -> Path | None:
-    home = os.environ.get("DMR_DATA_HOME")
-    return Path(home) if home else None
+    """The folder of the offline archives, or None when ``DMR_DATA_HOME`` is unset.
+
+    Set but missing is an error, not a fallback to downloads: it is most often a relative path read from
+    another folder than the one it was written for, and a download would silently use other data.
+    """
+    home = env_folder("DMR_DATA_HOME")
+    if home is not None and not home.is_dir():
+        raise DataError(
+            f"{describe_env_folder('DMR_DATA_HOME')} is not a folder: point it at the folder holding the dataset "
+            f"archives{relative_path_hint('DMR_DATA_HOME')}"
+        )
+    return home
+
+
+def cache_dir() -> Path:
+    """``$DMR_CACHE`` (default ``~/.cache/dmr-pipeline``), absolute, for downloads and downloaded weights."""
+    return env_folder("DMR_CACHE") or Path.home() / ".cache" / "dmr-pipeline"
 
 
 def download_dir() -> Path:
-    return Path(os.environ.get("DMR_CACHE", Path.home() / ".cache" / "dmr-pipeline")) / "downloads"
+    return cache_dir() / "downloads"
 
 
 def _natural_key(name: str) -> list:
@@ -81,16 +134,44 @@ def _safe_member_path(member: tarfile.TarInfo, archive: Path) -> PurePosixPath:
     return path
 
 
-def _decode_image(payload: bytes) -> tuple[np.ndarray | None, str | None]:
-    """Decode one image to 32×32 RGB; returns (array, None), (array, "converted_to_rgb") or (None, reason-for-skip)."""
+def _open_header(payload: bytes) -> Image.Image | str:
+    """The opened image (only its header is read yet), or why it cannot be used: ``too_large`` / ``undecodable``.
+
+    PIL's own bomb check fires inside ``Image.open`` (a warning above its global ``Image.MAX_IMAGE_PIXELS``, an
+    error above twice that); both mean ``too_large`` here, and the global is left alone.
+    """
     try:
-        with Image.open(io.BytesIO(payload)) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(payload))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return "too_large"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return "undecodable"
+
+
+def _decode_image(payload: bytes) -> tuple[np.ndarray | None, str | None]:
+    """Decode one image to 32×32 RGB; returns (array, None), (array, "converted_to_rgb") or (None, reason-for-skip).
+
+    An image whose header claims more than ``MAX_IMAGE_PIXELS`` is skipped as ``too_large`` before any pixel is
+    decoded, so a small file that decompresses to gigabytes costs nothing.
+    """
+    img = _open_header(payload)
+    if isinstance(img, str):
+        return None, img
+    try:
+        with img:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                return None, "too_large"
             img.load()
             if img.size != (IMAGE_SIZE, IMAGE_SIZE):
                 return None, "wrong_size"
             if img.mode != "RGB":
                 return np.asarray(img.convert("RGB"), dtype=np.uint8), "converted_to_rgb"
             return np.asarray(img, dtype=np.uint8), None
+    except Image.DecompressionBombError:
+        return None, "too_large"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None, "undecodable"
 
@@ -110,7 +191,9 @@ def read_tar_split(
     a folder not in the list is an error, as is a class without images. Without it every image is
     OOD (label -1). ``per_class`` / ``max_images`` (0 = all) take a seeded random subset.
     Files that are not images, or not 32×32, are skipped and counted in ``skipped``; images in another
-    mode (grayscale, palette, RGBA) are converted to RGB and counted as ``converted_to_rgb``.
+    mode (grayscale, palette, RGBA) are converted to RGB and counted as ``converted_to_rgb``. Members over
+    ``MAX_MEMBER_BYTES`` (a sparse member can claim gigabytes in a tiny archive) are never read, and images over
+    ``MAX_IMAGE_PIXELS`` never decoded: both are counted as ``too_large``.
     """
     if not archive.is_file():
         raise DataError(f"{archive} not found")
@@ -125,6 +208,9 @@ def read_tar_split(
                     continue
                 if path.suffix.lower() not in IMAGE_SUFFIXES:
                     skipped["not_an_image"] += 1
+                    continue
+                if member.size > MAX_MEMBER_BYTES:
+                    skipped["too_large"] += 1
                     continue
                 entries.append((path, member))
             end_of_members = tar.offset
@@ -265,9 +351,9 @@ def _download(name: str, root: Path):
 def _missing(name: str, archive: str | None, err: Exception | None) -> DataError:
     ways = []
     if archive:
-        ways.append(f"put {archive} in the folder named by DMR_DATA_HOME (now {os.environ.get('DMR_DATA_HOME', 'unset')})")
+        ways.append(f"put {archive} in the folder named by {describe_env_folder('DMR_DATA_HOME')}")
     ways.append(f"allow the download to {download_dir()} (needs internet{': ' + str(err) if err else ''})")
-    return DataError(f"dataset {name!r} is not available: " + ", or ".join(ways))
+    return DataError(f"dataset {name!r} is not available: " + ", or ".join(ways) + relative_path_hint("DMR_DATA_HOME"))
 
 
 def load_id_split(split: str, per_class: int = 0, seed: int = 0) -> ImageSet:
@@ -293,8 +379,9 @@ def load_ood_set(name: str, max_images: int = 0, seed: int = 0, gaussian_count: 
         home = data_home()
         if home is None or not (home / archive_name).is_file():
             raise DataError(
-                f"dataset {name!r} is not available: put {archive_name} in the folder named by DMR_DATA_HOME "
-                f"(now {os.environ.get('DMR_DATA_HOME', 'unset')}); it has no public download"
+                f"dataset {name!r} is not available: put {archive_name} in the folder named by "
+                f"{describe_env_folder('DMR_DATA_HOME')}; it has no public download"
+                + relative_path_hint("DMR_DATA_HOME")
             )
         return read_tar_split(home / archive_name, top, "test", None, max_images=max_images, seed=seed)
     if name not in DOWNLOADABLE_SETS:

@@ -199,22 +199,30 @@ def build_classifier(arch: str, num_classes: int = 10) -> CifarClassifier:
     return ARCHITECTURES[arch](num_classes=num_classes)
 
 
+def _env_folder(variable: str) -> Path | None:
+    """The folder an environment variable names, made absolute against the working directory (a stage's is the
+    project root), as ``dmr_core.data.datasets.env_folder`` does; None if unset."""
+    value = os.environ.get(variable)
+    return Path(os.path.abspath(os.path.expanduser(value))) if value else None
+
+
 def pretrained_path(arch: str) -> Path:
     """Locate (or download) the pretrained CIFAR-10 weights for ``arch`` and verify their hash prefix.
 
     Looks in ``$DMR_MODEL_HOME``, then ``$DMR_DATA_HOME/../models``, then the download cache
-    ``$DMR_CACHE`` (default ``~/.cache/dmr-pipeline``), downloading there if absent.
+    ``$DMR_CACHE`` (default ``~/.cache/dmr-pipeline``), downloading there if absent. Relative values are taken
+    from the project root the stage runs in.
     """
     if arch not in PRETRAINED_FILES:
         raise CheckpointError(f"no pretrained weights for {arch!r}: available for {sorted(PRETRAINED_FILES)}")
     name = PRETRAINED_FILES[arch]
     hash_prefix = name.rsplit("-", 1)[1].split(".")[0]
     candidates = []
-    if os.environ.get("DMR_MODEL_HOME"):
-        candidates.append(Path(os.environ["DMR_MODEL_HOME"]) / name)
-    if os.environ.get("DMR_DATA_HOME"):
-        candidates.append(Path(os.environ["DMR_DATA_HOME"]).parent / "models" / name)
-    cache = Path(os.environ.get("DMR_CACHE", Path.home() / ".cache" / "dmr-pipeline")) / "models"
+    if model_home := _env_folder("DMR_MODEL_HOME"):
+        candidates.append(model_home / name)
+    if data_home := _env_folder("DMR_DATA_HOME"):
+        candidates.append(data_home.parent / "models" / name)
+    cache = (_env_folder("DMR_CACHE") or Path.home() / ".cache" / "dmr-pipeline") / "models"
     candidates.append(cache / name)
     for path in candidates:
         if path.is_file():
