@@ -17,12 +17,15 @@ def test_full_pipeline_produces_metrics_and_plots(tiny_project):
 
     metrics = json.loads((tiny_project / "metrics" / "eval.json").read_text())
     scores = zarr.open_group(str(tiny_project / "data" / "dmr_scores.zarr"), mode="r")
-    sets = ["textures_partial", "icons", "scenes_crop", "gaussian", "gaussian_raw"]
-    assert list(scores.attrs["ood_sets"]) == sets and list(metrics)[2:] == sets + ["mean"]
+    sets = ["textures_partial", "icons", "scenes_crop", "tinyimagenet_part", "gaussian", "gaussian_raw"]
+    assert list(scores.attrs["ood_sets"]) == sets and list(metrics)[2:] == sets + ["near_mean", "far_mean", "mean"]
     for name in sets:
         assert metrics[name] == ood_metrics(scores["id_test"][:], scores["ood"][name][:]), name
+    far = [s for s in sets if s != "tinyimagenet_part"]
     for key in METRIC_KEYS:
         assert metrics["mean"][key] == pytest.approx(np.mean([metrics[s][key] for s in sets]), abs=1e-3)
+        assert metrics["far_mean"][key] == pytest.approx(np.mean([metrics[s][key] for s in far]), abs=1e-3)
+    assert metrics["near_mean"] == metrics["tinyimagenet_part"]
     assert json.loads((tiny_project / "metrics" / "classifier.json").read_text())["test_accuracy"] > 30
     for plot in ("generator/recon.png", "ood_synth/samples.png", "eval/roc.png", "eval/score_histograms.png",
                  "eval/roc/icons.csv"):
@@ -51,7 +54,9 @@ def test_report_lists_every_method_and_set(tiny_project):
     assert (tiny_project / "plots" / "report" / "mean_auroc.png").stat().st_size > 0
     csv = (tiny_project / "metrics" / "report.csv").read_text().splitlines()
     assert csv[0] == "method,kind,set,auroc,aupr_out,fpr95tpr,paper_auroc,paper_aupr_out"
-    assert len(csv) == 1 + 19 * 6  # 18 methods and the combined row x (5 sets + mean)
+    assert len(csv) == 1 + 19 * 9  # 18 methods and the combined row x (6 sets + near, far and overall mean)
+    assert "| method | kind | textures_partial | icons | scenes_crop | tinyimagenet_part | gaussian | gaussian_raw | " \
+           "near-OOD mean | far-OOD mean | mean |" in report
     combined = json.loads((tiny_project / "metrics" / "combined.json").read_text())
     assert combined["method"] == "DMR + KNN" and set(combined["icons"]) == eval_fields
 

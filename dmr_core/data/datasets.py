@@ -35,6 +35,7 @@ OFFLINE_ARCHIVES = {
     "textures_partial": ("textures_partial.tar", "textures"),
     "icons": ("icons.tar", "icons"),
     "scenes_crop": ("scenes_crop.tar", "scenes_crop"),
+    "tinyimagenet_part": ("tinyimagenet_part.tar", "tinyimagenet_part"),
 }
 OFFLINE_OOD_SETS = tuple(name for name in OFFLINE_ARCHIVES if name != "cifar10")
 GENERATED_SETS = ("gaussian", "gaussian_raw")  # the paper's smooth noise and per-pixel noise, made from a seed

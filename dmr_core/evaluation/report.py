@@ -8,11 +8,13 @@ from importlib import resources
 import pandas as pd
 
 from ..detectors.posthoc import DETECTORS
+from ..evaluation.metrics import NEAR_OOD_SETS, SUMMARY_KEYS
 from ..synthesis.dmr import SynthConfig
 from ..synthesis.variants import VARIANTS
 
 PAPER_SETS = ("svhn", "textures", "lsun_crop", "tinyimagenet_crop", "places365", "gaussian")
 DMR_NAME = "DMR (DMR+MLM, eq. 7)"
+COLUMN_TITLES = {"near_mean": "near-OOD mean", "far_mean": "far-OOD mean"}
 # our method name -> (the paper's Table 1 row, its Table 3 row), from the detector and synthesis-variant tables
 PAPER_ROWS = {
     **{name: (name if spec.in_paper_table1 else None, None) for name, spec in DETECTORS.items()},
@@ -74,7 +76,8 @@ def _cell(value: float, best: bool, paper: float | None) -> str:
 def render_markdown(table: pd.DataFrame, evaluated_sets: list[str], classifier: dict, id_test_images: int,
                     dmr_config: str = "") -> str:
     """The report: AUROC and AUPR-OUT tables (best per column in bold, paper value in brackets)."""
-    sets = [s for s in evaluated_sets if s in set(table["set"])] + ["mean"]
+    present = set(table["set"])
+    sets = [s for s in evaluated_sets if s in present] + [k for k in SUMMARY_KEYS if k in present]
     order = (table[table["set"] == "mean"].sort_values("auroc", ascending=False)["method"].tolist())
     not_evaluated = [s for s in PAPER_SETS if s not in evaluated_sets]
     lines = [
@@ -89,18 +92,25 @@ def render_markdown(table: pd.DataFrame, evaluated_sets: list[str], classifier: 
         "",
         f"Paper sets not evaluated here: {', '.join(not_evaluated) or 'none'} (they are downloaded from the "
         "internet and were not available offline; add them to data.ood_sets where you have internet). "
-        "textures_partial holds 10 of the 47 DTD categories and is not comparable with the paper's Textures.",
+        "textures_partial holds 10 of the 47 DTD categories and is not comparable with the paper's Textures; "
+        "tinyimagenet_part holds whole Tiny ImageNet validation images (88 classes without those overlapping CIFAR-10, "
+        "resized to 32×32), not the paper's random TIN crops.",
         "",
     ]
     if dmr_config:
         lines += [f"The DMR row: {dmr_config}.", ""]
     if (table["kind"] == "combined").any():
         lines += ["Rows of kind *combined* add a post-hoc score to DMR's (each standardised on ID-train scores; "
-                  "`eval.combine_with`). They are reported beside DMR, not instead of it.", ""]
+                  "`combine.detector`). They are reported beside DMR, not instead of it.", ""]
+    near = [s for s in sets if s in NEAR_OOD_SETS]
+    if "near_mean" in sets:
+        lines += [f"Near-OOD sets (natural images close to the ID classes, as OpenOOD v1.5 groups them): "
+                  f"{', '.join(near)}; far-OOD: the others. Each mean is unweighted over its sets.", ""]
     for metric, label in (("auroc", "AUROC"), ("aupr_out", "AUPR-OUT")):
         paper_col = "paper_" + metric
         best = {s: table[table["set"] == s][metric].max() for s in sets}
-        lines += [f"## {label}", "", "| method | kind | " + " | ".join(sets) + " |",
+        headings = [COLUMN_TITLES.get(s, s) for s in sets]
+        lines += [f"## {label}", "", "| method | kind | " + " | ".join(headings) + " |",
                   "|---|---|" + "---:|" * len(sets)]
         for method in order:
             sub = table[table["method"] == method].set_index("set")
