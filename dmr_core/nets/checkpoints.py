@@ -45,3 +45,10 @@ def load_checkpoint(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); delete it and re-run") from None
+
+
+def save_checkpoint(payload: dict, path: str | Path) -> None:
+    """``torch.save`` through an open file: a full disk then raises OSError (ENOSPC), which the stages report in
+    one line, where ``torch.save`` to a file name reports it as a bare RuntimeError."""
+    with open(path, "wb") as handle:
+        torch.save(payload, handle)

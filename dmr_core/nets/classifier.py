@@ -21,7 +21,7 @@ from torch.nn import functional as nnf
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import CheckpointError
-from .checkpoints import load_checkpoint, load_state_dict_checked
+from .checkpoints import load_checkpoint, load_state_dict_checked, save_checkpoint
 
 PRETRAINED_FILES = {
     "resnet20": "resnet20-12fca82f.th",
@@ -253,7 +253,7 @@ def load_pretrained(arch: str) -> CifarClassifier:
 
 
 def save_classifier(model: CifarClassifier, arch: str, path: str | Path, extra: dict | None = None) -> None:
-    torch.save({"arch": arch, "state_dict": model.state_dict(), **(extra or {})}, path)
+    save_checkpoint({"arch": arch, "state_dict": model.state_dict(), **(extra or {})}, path)
 
 
 def load_classifier(path: str | Path) -> CifarClassifier:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..device import autocast, batch_loader, resolve_device
 from ..errors import CheckpointError
 from ..images import to_float_images, to_uint8_images
-from .checkpoints import load_checkpoint, load_state_dict_checked
+from .checkpoints import load_checkpoint, load_state_dict_checked, save_checkpoint
 
 
 @runtime_checkable
@@ -181,7 +181,7 @@ def decode_latents(model: Generator, latents: Tensor) -> Tensor:
 
 
 def save_generator(model: nn.Module, kind: str, path, extra: dict | None = None) -> None:
-    torch.save({"kind": kind, "config": model.config, "state_dict": model.state_dict(), **(extra or {})}, path)
+    save_checkpoint({"kind": kind, "config": model.config, "state_dict": model.state_dict(), **(extra or {})}, path)
 
 
 def load_generator(path) -> nn.Module:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from .checkpoints import load_checkpoint, load_state_dict_checked
+from .checkpoints import load_checkpoint, load_state_dict_checked, save_checkpoint
 
 
 class InputDropout(nn.Module):
@@ -70,7 +70,7 @@ class RejectionHead(nn.Module):
 
 
 def save_head(head: RejectionHead, feature: str, path, extra: dict | None = None) -> None:
-    torch.save({"feature": feature, "config": head.config, "state_dict": head.state_dict(), **(extra or {})}, path)
+    save_checkpoint({"feature": feature, "config": head.config, "state_dict": head.state_dict(), **(extra or {})}, path)
 
 
 def load_head(path) -> tuple[RejectionHead, str]:

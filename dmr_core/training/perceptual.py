@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as nnf
 
 from ..device import place_images, place_model
-from ..nets.checkpoints import load_checkpoint
+from ..nets.checkpoints import load_checkpoint, save_checkpoint
 from ..nets.classifier import CifarClassifier, CifarResNet, load_classifier
 
 UNUSED_MARKER = {"perceptual_net": None}
@@ -89,7 +89,7 @@ def write_perceptual_net(classifier_checkpoint: str | Path, weight: float, path:
     if weight > 0:
         shutil.copyfile(classifier_checkpoint, path)
     else:
-        torch.save(UNUSED_MARKER, path)
+        save_checkpoint(UNUSED_MARKER, path)
 
 
 def load_perceptual_loss(path: str | Path, images_per_batch: int) -> ClassifierPerceptualLoss | None:
