@@ -89,6 +89,9 @@ def bench(train_per_class: int, ref: str | None = None) -> dict:
         full_train = 50000
         for section in ("synth", "synth_baselines"):
             params[section]["num_samples"] = max(1, round(params[section]["num_samples"] * n_train / full_train))
+        # a subset of the training images: at most all of them (params validation refuses more)
+        if "reference_images" in params["baselines"]:  # (older commits, for --compare, lack the key)
+            params["baselines"]["reference_images"] = min(params["baselines"]["reference_images"], n_train)
         n_synth = params["synth"]["num_samples"]
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         ood_images = n_test * len(params["data"]["ood_sets"])

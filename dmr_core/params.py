@@ -1,22 +1,29 @@
 """Validated parameters: every key of ``params.yaml`` is checked before any work starts.
 
 An invalid value fails with one line naming the key, the bad value and what is allowed, e.g.
-``invalid params: synth.k = 11: must be <= 10 (the number of ID classes)``.
+``invalid params: synth.k = 11: Input should be less than or equal to 10 (the number of ID classes: ...)``.
+Besides each key's own range, the checks cover what the params determine together, statically, so that
+``dmr check-params`` saying ok means no stage rejects the file: the classifier's penultimate size bounds
+``baselines.vim_dim``, the number of ID training images bounds ``baselines.knn_k``, and so on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import reprlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
+import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .data.datasets import CIFAR10_CLASSES, OOD_SET_NAMES
 from .detectors.posthoc import DETECTORS
 from .errors import ParamsError
-from .nets.classifier import ARCHITECTURES
+from .nets.classifier import ARCHITECTURES, PRETRAINED_FILES
 from .nets.features import REPRESENTATIONS
 from .nets.generator import GENERATOR_KINDS
 from .synthesis.detail import DETAIL_KINDS
@@ -25,19 +32,55 @@ from .synthesis.variants import VARIANTS
 
 # The names each choice allows come from the tables where the choices are implemented.
 NUM_ID_CLASSES = len(CIFAR10_CLASSES)
+# Images per class in CIFAR-10's splits: what data.train_per_class / test_per_class can subsample.
+CIFAR10_IMAGES_PER_CLASS = {"train": 5000, "test": 1000}
+# Seeds go to random, NumPy and torch generators; 32 bits is what all of them accept.
+MAX_SEED = 2**32 - 1
+# The variants that edit distinct ID training images, one per synthesised image.
+TRAINING_IMAGE_VARIANTS = ("kirby", "dmr_kirby")
 OodSetName = Literal[OOD_SET_NAMES]
 DetectorName = Literal[tuple(DETECTORS)]
 LambdaDistribution = Literal[LAMBDA_DISTRIBUTIONS]
 Config = TypeVar("Config")
 
 
-def _check_lambda_range(lambda_min: float, lambda_max: float) -> None:
-    if lambda_min > lambda_max:
-        raise ValueError(f"lambda_min = {lambda_min} > lambda_max = {lambda_max}: need lambda_min <= lambda_max")
+def _bounded(why: str, **constraints: Any) -> Any:
+    """A Field whose range comes from the data, the network or a library rather than taste: ``why`` is added to
+    the error message of a value outside it, so the user learns where the bound comes from."""
+    return Field(**constraints, json_schema_extra={"bound": why})
+
+
+Seed = Annotated[int, _bounded(f"a seed is an integer in [0, {MAX_SEED}], what every random generator here accepts",
+                               ge=0, le=MAX_SEED)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """One section of params.yaml. Rules every key shares live here, so a new key gets them without new code:
+    no unknown keys, finite floats only (an inf or NaN would overflow or blank images far from its cause),
+    no true/false for a number nor a number or string for true/false (YAML reads ``yes`` as true, and pydantic
+    would take true as 1 and ``"off"`` as false), and no item listed twice in a list (an OOD set named twice
+    would be evaluated and reported twice)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _booleans_are_not_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool) and annotation in (int, float):
+            raise ValueError("a number is needed here, not true/false")
+        if annotation is bool and not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _each_item_once(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if item in value[:i]:
+                    raise ValueError(f"{item!r} is listed twice; list each item once")
+        return value
 
     def to(self, config_class: type[Config]) -> Config:
         """The library's config dataclass built from this section's keys of the same names."""
@@ -46,11 +89,13 @@ class _Section(BaseModel):
 
 class DataParams(_Section):
     ood_sets: list[OodSetName] = Field(min_length=1)
-    train_per_class: int = Field(ge=0, description="0 = all images")
-    test_per_class: int = Field(ge=0)
+    train_per_class: int = _bounded(f"CIFAR-10 has {CIFAR10_IMAGES_PER_CLASS['train']:,} training images per class; "
+                                    "0 = all of them", ge=0, le=CIFAR10_IMAGES_PER_CLASS["train"])
+    test_per_class: int = _bounded(f"CIFAR-10 has {CIFAR10_IMAGES_PER_CLASS['test']:,} test images per class; "
+                                   "0 = all of them", ge=0, le=CIFAR10_IMAGES_PER_CLASS["test"])
     ood_max: int = Field(ge=0)
     gaussian_count: int = Field(ge=1)
-    seed: int = Field(ge=0)
+    seed: Seed
 
 
 class ClassifierParams(_Section):
@@ -61,15 +106,7 @@ class ClassifierParams(_Section):
     lr: float = Field(gt=0)
     momentum: float = Field(ge=0, lt=1)
     weight_decay: float = Field(ge=0)
-    seed: int = Field(ge=0)
-
-    @model_validator(mode="after")
-    def _pretrained_exists(self) -> "ClassifierParams":
-        if self.init == "pretrained" and self.arch == "wrn40_2":
-            raise ValueError("init = 'pretrained' is available for resnet20/32/44/56 only; use init: scratch for wrn40_2")
-        if self.init == "scratch" and self.epochs == 0:
-            raise ValueError("init = 'scratch' with epochs = 0 would evaluate an untrained classifier")
-        return self
+    seed: Seed
 
 
 class GeneratorParams(_Section):
@@ -85,28 +122,19 @@ class GeneratorParams(_Section):
     perceptual_weight: float = Field(ge=0)
     perceptual_start_epoch: int = Field(ge=0)
     perceptual_images: int = Field(ge=1)
-    seed: int = Field(ge=0)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "GeneratorParams":
-        if self.kind == "spatial_vae" and self.latent_dim % 16:
-            raise ValueError(f"latent_dim = {self.latent_dim} with kind spatial_vae: the latent is channels on a 4×4 "
-                             "grid, so latent_dim must be a multiple of 16 (e.g. 256)")
-        for term in ("adversarial", "perceptual"):
-            start = getattr(self, f"{term}_start_epoch")
-            if getattr(self, f"{term}_weight") > 0 and start >= self.epochs:
-                raise ValueError(f"{term}_start_epoch = {start} with epochs = {self.epochs}: the {term} term would never "
-                                 f"be used; set {term}_start_epoch below epochs or {term}_weight to 0")
-        return self
+    seed: Seed
 
 
 class LatentsParams(_Section):
     batch_size: int = Field(ge=1)
 
 
+_K_BOUND = "the number of ID classes: the k mixed latents or images come from k distinct classes"
+
+
 class SynthParams(_Section):
     method: Literal[METHODS]
-    k: int = Field(ge=1, le=NUM_ID_CLASSES)
+    k: int = _bounded(_K_BOUND, ge=1, le=NUM_ID_CLASSES)
     lambda_dist: LambdaDistribution
     lambda_min: float = Field(gt=0)
     lambda_max: float = Field(gt=0)
@@ -115,14 +143,7 @@ class SynthParams(_Section):
     detail_fraction: float = Field(gt=0, le=1)
     num_samples: int = Field(ge=1)
     batch_size: int = Field(ge=1)
-    seed: int = Field(ge=0)
-
-    @model_validator(mode="after")
-    def _ranges(self) -> "SynthParams":
-        _check_lambda_range(self.lambda_min, self.lambda_max)
-        if self.method == "dmr" and self.k != 1:
-            raise ValueError(f"k = {self.k} with method 'dmr' (eq. 6, a single latent): set k: 1 or use dmr_mlm")
-        return self
+    seed: Seed
 
 
 class FeaturesParams(_Section):
@@ -140,37 +161,34 @@ class HeadParams(_Section):
     weight_decay: float = Field(ge=0)
     schedule: Literal["cosine", "constant"]
     input_dropout: float = Field(ge=0, lt=1)
-    seed: int = Field(ge=0)
+    seed: Seed
 
 
 class BaselinesParams(_Section):
     detectors: list[DetectorName] = Field(min_length=1)
-    vim_dim: int = Field(ge=1)
-    knn_k: int = Field(ge=1)
+    vim_dim: int = Field(ge=1, description="below the classifier's penultimate size (checked in Params)")
+    knn_k: int = Field(ge=1, description="at most the number of ID training images (checked in Params)")
     react_percentile: float = Field(gt=0, lt=1)
     dice_p: float = Field(gt=0, lt=1)
     ash_percentile: float = Field(gt=0, lt=1)
     odin_eps: float = Field(ge=0)
     odin_temperature: float = Field(gt=0)
     batch_size: int = Field(ge=1)
-    reference_images: int = Field(ge=2, description="ID-train images whose scores set each score's scale")
-    reference_seed: int = Field(ge=0)
+    reference_images: int = Field(ge=2, description="ID-train images whose scores set each score's scale; at most "
+                                                    "the number of ID training images (checked in Params)")
+    reference_seed: Seed
 
 
 class SynthBaselinesParams(_Section):
-    variants: list[Literal[tuple(VARIANTS)]]
-    k: int = Field(ge=1, le=NUM_ID_CLASSES)
+    # at least one: the report stage reads the folder the variants write
+    variants: list[Literal[tuple(VARIANTS)]] = Field(min_length=1)
+    k: int = _bounded(_K_BOUND, ge=1, le=NUM_ID_CLASSES)
     lambda_dist: LambdaDistribution
     lambda_min: float = Field(gt=0)
     lambda_max: float = Field(gt=0)
     num_samples: int = Field(ge=1)
     kirby_threshold: float = Field(gt=0, lt=1)
-    seed: int = Field(ge=0)
-
-    @model_validator(mode="after")
-    def _ranges(self) -> "SynthBaselinesParams":
-        _check_lambda_range(self.lambda_min, self.lambda_max)
-        return self
+    seed: Seed
 
 
 class EvalParams(_Section):
@@ -179,7 +197,26 @@ class EvalParams(_Section):
 
 
 class CombineParams(_Section):
-    detector: DetectorName | Literal["none"]
+    # one Literal, not a union: a union's error would name its member types in the key
+    detector: Literal[(*DETECTORS, "none")]
+
+
+@functools.cache
+def penultimate_size(arch: str) -> int:
+    """Width of ``arch``'s penultimate layer (what ViM and KNN read): the in-features of its last linear layer,
+    read off the architecture table's model built on the meta device (no memory, no weights), so that a new
+    architecture needs no second table here."""
+    with torch.device("meta"):
+        return ARCHITECTURES[arch](num_classes=NUM_ID_CLASSES).classifier_head().in_features
+
+
+def id_train_images(data: DataParams) -> tuple[int, str]:
+    """How many ID training images the data stage keeps, and where that number comes from (for messages)."""
+    if data.train_per_class == 0:
+        total = CIFAR10_IMAGES_PER_CLASS["train"] * NUM_ID_CLASSES
+        return total, f"all {total:,} of CIFAR-10's training split, data.train_per_class = 0"
+    total = data.train_per_class * NUM_ID_CLASSES
+    return total, f"data.train_per_class = {data.train_per_class} × {NUM_ID_CLASSES} classes"
 
 
 class Params(_Section):
@@ -196,45 +233,187 @@ class Params(_Section):
     synth_baselines: SynthBaselinesParams
 
     @model_validator(mode="after")
-    def _combined_detector_is_scored(self) -> "Params":
-        if self.combine.detector not in ("none", *self.baselines.detectors):
-            raise ValueError(f"combine.detector = {self.combine.detector!r} is not among baselines.detectors; add it "
-                             "there or set combine.detector: none")
+    def _rules_across_keys(self) -> Params:
+        """The rules that involve more than one key, in one place; the first broken one is reported, naming
+        every key it involves in dotted form (what ``dvc exp run -S`` takes)."""
+        for problem in _problems(self):
+            raise ValueError(problem)
         return self
 
 
+def _problems(p: Params) -> Iterator[str]:
+    """Each broken rule across keys, as one line naming the keys involved."""
+    c = p.classifier
+    if c.init == "pretrained" and c.arch not in PRETRAINED_FILES:
+        yield (f"classifier.init = 'pretrained' with classifier.arch = {c.arch!r}: pretrained weights exist for "
+               f"{', '.join(PRETRAINED_FILES)} only; set classifier.init: scratch")
+    if c.init == "scratch" and c.epochs == 0:
+        yield ("classifier.init = 'scratch' with classifier.epochs = 0 would evaluate an untrained classifier; set "
+               "classifier.epochs >= 1")
+
+    g = p.generator
+    cells = GENERATOR_KINDS["spatial_vae"].GRID ** 2
+    if g.kind == "spatial_vae" and g.latent_dim % cells:
+        yield (f"generator.latent_dim = {g.latent_dim} with generator.kind = spatial_vae: the latent is channels on a "
+               f"4×4 grid, so generator.latent_dim must be a multiple of {cells} (e.g. 256)")
+    for term in ("adversarial", "perceptual"):
+        start = getattr(g, f"{term}_start_epoch")
+        if getattr(g, f"{term}_weight") > 0 and start >= g.epochs:
+            yield (f"generator.{term}_start_epoch = {start} with generator.epochs = {g.epochs}: the {term} term "
+                   f"would never be used; set generator.{term}_start_epoch below generator.epochs or "
+                   f"generator.{term}_weight to 0")
+    if g.perceptual_weight > 0 and g.perceptual_images > g.batch_size:
+        yield (f"generator.perceptual_images = {g.perceptual_images} with generator.batch_size = {g.batch_size}: the "
+               "perceptual term is measured on images of one batch; set generator.perceptual_images <= "
+               "generator.batch_size")
+
+    for name in ("synth", "synth_baselines"):
+        section = getattr(p, name)
+        if section.lambda_min > section.lambda_max:
+            yield (f"{name}.lambda_min = {section.lambda_min} > {name}.lambda_max = {section.lambda_max}: need "
+                   "lambda_min <= lambda_max")
+    if p.synth.method == "dmr" and p.synth.k != 1:
+        yield (f"synth.k = {p.synth.k} with synth.method = 'dmr' (eq. 6, a single latent): set synth.k: 1 or use "
+               "synth.method: dmr_mlm")
+
+    # What the network and the data allow, known from the params alone (before any stage runs).
+    b = p.baselines
+    width = penultimate_size(c.arch)
+    if b.vim_dim >= width:
+        yield (f"baselines.vim_dim = {b.vim_dim}: must be below the penultimate size of {c.arch} ({width}), as "
+               "ViM scores what lies outside its vim_dim-dimensional principal subspace; lower it or change "
+               "classifier.arch")
+    train, source = id_train_images(p.data)
+    if b.knn_k > train:
+        yield (f"baselines.knn_k = {b.knn_k}: must be at most the number of ID training images, {train:,} "
+               f"({source}), among which KNN finds the neighbours; lower it or raise data.train_per_class")
+    if b.reference_images > train:
+        yield (f"baselines.reference_images = {b.reference_images}: must be at most the number of ID training "
+               f"images, {train:,} ({source}), as the reference is a subset of them; lower it or raise "
+               "data.train_per_class")
+    s = p.synth_baselines
+    editing = [v for v in s.variants if v in TRAINING_IMAGE_VARIANTS]
+    if editing and s.num_samples > train:
+        yield (f"synth_baselines.num_samples = {s.num_samples} with {' and '.join(editing)} in "
+               f"synth_baselines.variants: must be at most the number of ID training images, {train:,} ({source}), "
+               "as KIRBY edits each chosen training image once; lower it or drop those variants")
+
+    if p.combine.detector not in ("none", *b.detectors):
+        yield (f"combine.detector = {p.combine.detector!r} is not among baselines.detectors; add it there or set "
+               "combine.detector: none")
+
+
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def _short_repr() -> reprlib.Repr:
+    """repr of a bad value, cut short: a huge list or string must not swamp the one-line message."""
+    short = reprlib.Repr()
+    short.maxstring, short.maxother, short.maxlist, short.maxlong = 60, 60, 6, 24
+    return short
+
+
+_short = _short_repr()
+
+
+def _bound_reason(loc: tuple) -> str | None:
+    """The ``why`` of a section key declared with :func:`_bounded`, if ``loc`` is one."""
+    if len(loc) != 2 or loc[0] not in Params.model_fields:
+        return None
+    section = Params.model_fields[loc[0]].annotation
+    field = section.model_fields.get(loc[1]) if isinstance(loc[1], str) else None
+    extra = field.json_schema_extra if field is not None else None
+    return extra.get("bound") if isinstance(extra, dict) else None
+
+
 def _first_error(err: ValidationError) -> str:
+    """The first validation error as one line: ``<dotted key> = <value>: <what is allowed>``."""
     e = err.errors()[0]
-    key = ".".join(str(p) for p in e["loc"])
-    msg = e["msg"].removeprefix("Value error, ")
+    loc = tuple(e["loc"])
+    key = ".".join(str(part) for part in loc)
+    msg = " ".join(e["msg"].removeprefix("Value error, ").split())
     if e["type"] == "missing":
         return f"{key}: missing key (see the default params.yaml for its meaning)"
     if e["type"] == "extra_forbidden":
         return f"{key}: unknown key (a typo? allowed keys are those of the default params.yaml)"
-    if not key:  # a check across sections
+    if e["type"] == "int_parsing_size":  # pydantic's text speaks of a string even for a float
+        msg = "too large for an integer"
+    if e["type"] in _RANGE_ERRORS and (why := _bound_reason(loc)):
+        msg = f"{msg} ({why})"
+    if not key:  # a rule across keys names its keys itself
         return msg
-    if isinstance(e.get("input"), dict):  # a check across keys of one section
+    if isinstance(e.get("input"), dict):  # a whole section of the wrong shape
         return f"{key}: {msg}"
-    return f"{key} = {e.get('input')!r}: {msg}"
+    return f"{key} = {_short.repr(e.get('input'))}: {msg}"
 
 
-def parse_params(raw: dict[str, Any]) -> Params:
-    """Validate a params mapping (the content of params.yaml)."""
+def parse_params(raw: Any) -> Params:
+    """Validate a params mapping (the content of params.yaml); any problem is a one-line :class:`ParamsError`."""
     if not isinstance(raw, dict):
-        raise ParamsError("invalid params: the file must hold a mapping of sections")
+        raise ParamsError(f"invalid params: expected a mapping of sections, got {type(raw).__name__}")
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(f"invalid params: {_first_error(err)}") from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate ``params.yaml``."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML would keep the last one silently,
+    while DVC (which reads params.yaml too) refuses the file, so ``dmr check-params`` must refuse it as well."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: list[Any] = []
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden; not a repeat
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice in one mapping",
+                                                        key_node.start_mark)
+            seen.append(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML's own text spans several lines)."""
+    problem = getattr(err, "problem", None) or getattr(err, "context", None) or str(err)
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
+
+
+def read_params_file(path: str | Path) -> Any:
+    """The content of a params file, or a one-line :class:`ParamsError` saying why it cannot be read."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ParamsError(f"invalid params: {path} not found; run from the project root")
+    if path.is_dir():
+        raise ParamsError(f"invalid params: {path} is a folder, not a params file; name the params.yaml file")
+    if not path.is_file():
+        raise ParamsError(f"invalid params: {path} is not a regular file; name the params.yaml file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
+    except OSError as err:
+        raise ParamsError(f"invalid params: cannot read {path} ({err.strerror or err}); check its permissions") from None
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark, as some editors write, is fine
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"invalid params: {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+                          f"{err.start}); save it as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as err:
-        raise ParamsError(f"invalid params: {path} is not valid YAML: {err}") from None
-    return parse_params(raw)
+        raise ParamsError(f"invalid params: {path} is not valid YAML: {_yaml_problem(err)}") from None
+    except RecursionError:
+        raise ParamsError(f"invalid params: {path} is not valid YAML: nested too deeply") from None
+    if raw is None:
+        raise ParamsError(f"invalid params: {path} is empty; start from the default params.yaml")
+    if not isinstance(raw, dict):
+        raise ParamsError(f"invalid params: {path} holds a {type(raw).__name__}, not a mapping of sections "
+                          "(data:, classifier:, …); start from the default params.yaml")
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``: any problem, with the file or a value, is one :class:`ParamsError`."""
+    return parse_params(read_params_file(path))

@@ -31,8 +31,8 @@ def test_defaults_are_valid():
     ("synth", "k", 0, r"synth\.k = 0: .*greater than or equal to 1"),
     ("synth", "lambda_min", 0.0, r"synth\.lambda_min = 0\.0: .*greater than 0"),
     ("synth", "lambda_max", -1.0, r"synth\.lambda_max = -1\.0: .*greater than 0"),
-    ("synth", "lambda_min", 1000.0, r"synth: lambda_min = 1000\.0 > lambda_max = \d"),
-    ("synth_baselines", "lambda_min", 4.0, r"synth_baselines: lambda_min = 4\.0 > lambda_max = 3\.0"),
+    ("synth", "lambda_min", 1000.0, r"synth\.lambda_min = 1000\.0 > synth\.lambda_max = \d"),
+    ("synth_baselines", "lambda_min", 4.0, r"synth_baselines\.lambda_min = 4\.0 > synth_baselines\.lambda_max = 3\.0"),
     ("synth_baselines", "variants", ["gan"], r"synth_baselines\.variants\.0 = 'gan'"),
     ("baselines", "detectors", ["MSP", "Foo"], r"baselines\.detectors\.1 = 'Foo'"),
     ("synth", "num_samples", -5, r"synth\.num_samples = -5: .*greater than or equal to 1"),
@@ -53,7 +53,7 @@ def test_bad_values_are_named(section, key, value, expected):
 
 def test_dmr_single_needs_k_1():
     raw = with_value("synth", "method", "dmr")
-    with pytest.raises(ParamsError, match=r"k = 2 with method 'dmr'"):
+    with pytest.raises(ParamsError, match=r"synth\.k = 2 with synth\.method = 'dmr'"):
         parse_params(raw)
     raw["synth"]["k"] = 1
     assert parse_params(raw).synth.k == 1
@@ -90,7 +90,8 @@ def test_stage_fails_before_work_with_one_line(tmp_path):
                                  "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error in stage data: invalid params: synth.k = 11: Input should be less than or equal to 10"]
+        ("error in stage data: invalid params: synth.k = 11: Input should be less than or equal to 10 (the number of "
+         "ID classes: the k mixed latents or images come from k distinct classes)")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
@@ -109,7 +110,7 @@ def test_generator_term_must_start_before_the_last_epoch(term):
     raw = copy.deepcopy(DEFAULTS)
     epochs = raw["generator"]["epochs"]
     raw["generator"].update({f"{term}_weight": 1.0, f"{term}_start_epoch": epochs})
-    with pytest.raises(ParamsError, match=f"{term}_start_epoch = {epochs} with epochs = {epochs}: the {term} term"):
+    with pytest.raises(ParamsError, match=f"generator.{term}_start_epoch = {epochs} with generator.epochs = {epochs}: the {term} term"):
         parse_params(raw)
     raw["generator"][f"{term}_weight"] = 0.0  # off: the start epoch does not matter
     parse_params(raw)
@@ -118,7 +119,7 @@ def test_generator_term_must_start_before_the_last_epoch(term):
 def test_spatial_latent_must_fill_the_grid():
     raw = copy.deepcopy(DEFAULTS)
     raw["generator"].update({"kind": "spatial_vae", "latent_dim": 100})
-    with pytest.raises(ParamsError, match="latent_dim = 100 with kind spatial_vae: .*multiple of 16"):
+    with pytest.raises(ParamsError, match="generator.latent_dim = 100 with generator.kind = spatial_vae: .*multiple of 16"):
         parse_params(raw)
     raw["generator"]["latent_dim"] = 256
     parse_params(raw)
@@ -139,3 +140,156 @@ def test_sections_build_the_library_configs():
     params = parse_params(DEFAULTS)
     config = params.head.to(HeadConfig)
     assert config.hidden == DEFAULTS["head"]["hidden"] and config.input_dropout == DEFAULTS["head"]["input_dropout"]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("section,key", [("synth", "lambda_max"), ("head", "lr"), ("baselines", "odin_temperature")])
+def test_floats_must_be_finite(section, key, value):
+    with pytest.raises(ParamsError, match=rf"^invalid params: {section}\.{key} = {value}: Input should be a finite"):
+        parse_params(with_value(section, key, value))
+
+
+def test_yaml_infinity_is_refused_when_loading(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace("lambda_max: 40.0",
+                                                                                     "lambda_max: .inf"))
+    with pytest.raises(ParamsError, match=r"synth\.lambda_max = inf: Input should be a finite number"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_penultimate_size_is_read_off_the_architecture_table():
+    from dmr_core.nets.classifier import ARCHITECTURES, build_classifier
+    from dmr_core.params import penultimate_size
+
+    assert {arch: penultimate_size(arch) for arch in ARCHITECTURES} == {
+        "resnet20": 64, "resnet32": 64, "resnet44": 64, "resnet56": 64, "wrn40_2": 128}
+    assert penultimate_size("wrn40_2") == build_classifier("wrn40_2").classifier_head().in_features
+
+
+def test_vim_dim_must_be_below_the_penultimate_size():
+    with pytest.raises(ParamsError) as info:
+        parse_params(with_value("baselines", "vim_dim", 64))
+    assert str(info.value).startswith(
+        "invalid params: baselines.vim_dim = 64: must be below the penultimate size of resnet20 (64)")
+    raw = with_value("baselines", "vim_dim", 127)
+    raw["classifier"].update(arch="wrn40_2", init="scratch")
+    assert parse_params(raw).baselines.vim_dim == 127
+    raw["baselines"]["vim_dim"] = 128
+    with pytest.raises(ParamsError, match=r"vim_dim = 128: must be below the penultimate size of wrn40_2 \(128\)"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize("key", ["knn_k", "reference_images"])
+def test_bounded_by_the_training_images(key):
+    raw = copy.deepcopy(DEFAULTS)
+    raw["data"]["train_per_class"] = 20
+    raw["baselines"].update(knn_k=10, reference_images=100)
+    raw["synth_baselines"]["num_samples"] = 100
+    raw["baselines"][key] = 200
+    assert getattr(parse_params(raw).baselines, key) == 200
+    raw["baselines"][key] = 201
+    with pytest.raises(ParamsError, match=rf"baselines\.{key} = 201: must be at most the number of ID training "
+                                          r"images, 200 \(data\.train_per_class = 20 × 10 classes\)"):
+        parse_params(raw)
+    raw["data"]["train_per_class"] = 0  # the whole split
+    assert getattr(parse_params(raw).baselines, key) == 201
+    raw["baselines"][key] = 50001
+    with pytest.raises(ParamsError, match=r"at most the number of ID training images, 50,000 \(all 50,000 of CIFAR"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize("key,limit", [("train_per_class", 5000), ("test_per_class", 1000)])
+def test_per_class_counts_are_bounded_by_cifar10(key, limit):
+    assert getattr(parse_params(with_value("data", key, limit)).data, key) == limit
+    with pytest.raises(ParamsError, match=rf"data\.{key} = {limit + 1}: .*less than or equal to {limit} "
+                                          rf"\(CIFAR-10 has {limit:,} .* images per class"):
+        parse_params(with_value("data", key, limit + 1))
+
+
+def test_kirby_cannot_edit_more_images_than_there_are():
+    raw = copy.deepcopy(DEFAULTS)
+    raw["data"]["train_per_class"] = 20
+    raw["baselines"]["reference_images"] = 100
+    raw["synth_baselines"]["num_samples"] = 201
+    with pytest.raises(ParamsError, match=r"synth_baselines\.num_samples = 201 with kirby and dmr_kirby in "
+                                          r"synth_baselines\.variants: must be at most .* 200"):
+        parse_params(raw)
+    raw["synth_baselines"]["variants"] = ["mlm", "mim"]  # these sample with replacement
+    assert parse_params(raw).synth_baselines.num_samples == 201
+
+
+def test_perceptual_images_come_from_one_batch():
+    raw = copy.deepcopy(DEFAULTS)
+    raw["generator"].update(perceptual_images=129, batch_size=128)
+    parse_params(raw)  # the perceptual term is off: the key is unused
+    raw["generator"]["perceptual_weight"] = 1.0
+    with pytest.raises(ParamsError, match=r"generator\.perceptual_images = 129 with generator\.batch_size = 128"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize("section,key", [("data", "ood_sets"), ("baselines", "detectors"),
+                                         ("synth_baselines", "variants")])
+def test_list_items_are_named_once(section, key):
+    items = DEFAULTS[section][key]
+    with pytest.raises(ParamsError) as info:
+        parse_params(with_value(section, key, [*items, items[0]]))
+    assert str(info.value).endswith(f": {items[0]!r} is listed twice; list each item once")
+    assert str(info.value).startswith(f"invalid params: {section}.{key} = ")
+
+
+def test_combine_detector_names_only_its_key():
+    with pytest.raises(ParamsError, match=r"^invalid params: combine\.detector = 'Foo': Input should be 'MSP'"):
+        parse_params(with_value("combine", "detector", "Foo"))
+
+
+def test_seeds_and_booleans():
+    with pytest.raises(ParamsError, match=r"synth\.seed = 4294967296: .*\(a seed is an integer in \[0, 4294967295\]"):
+        parse_params(with_value("synth", "seed", 2**32))
+    assert parse_params(with_value("synth", "seed", 2**32 - 1)).synth.seed == 2**32 - 1
+    with pytest.raises(ParamsError, match=r"head\.epochs = True: a number is needed here, not true/false"):
+        parse_params(with_value("head", "epochs", True))
+
+
+def test_pretrained_needs_published_weights():
+    from dmr_core.nets.classifier import PRETRAINED_FILES
+
+    assert "wrn40_2" not in PRETRAINED_FILES
+    with pytest.raises(ParamsError, match=r"classifier\.init = 'pretrained' with classifier\.arch = 'wrn40_2'"):
+        parse_params(with_value("classifier", "arch", "wrn40_2"))
+
+
+@pytest.mark.parametrize("content,expected", [
+    (b"synth: {k: 2\xff}\n", r"is not UTF-8 text \(byte 0xff at offset 12\); save it as UTF-8"),
+    (b"", r"is empty; start from the default params.yaml"),
+    (b"# only a comment\n", r"is empty"),
+    (b"- data\n- synth\n", r"holds a list, not a mapping of sections"),
+    (b"42\n", r"holds a int, not a mapping"),
+    (b"synth: [unclosed\n", r"is not valid YAML: expected ',' or '\]', but got '<stream end>' \(line 2, column 1\)$"),
+    (b"data: {}\ndata: {}\n", r"is not valid YAML: key 'data' is given twice in one mapping \(line 2, column 1\)"),
+    (b"a: !!python/object:os.system {}\n", r"is not valid YAML: could not determine a constructor"),
+    (b"[" * 5000, r"is not valid YAML"),
+])
+def test_unusable_files_give_one_line(tmp_path, content, expected):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ParamsError, match=expected) as info:
+        load_params(path)
+    assert str(info.value).startswith(f"invalid params: {path}") and "\n" not in str(info.value)
+
+
+def test_a_folder_or_a_missing_file(tmp_path):
+    (tmp_path / "params.yaml").mkdir()
+    with pytest.raises(ParamsError, match=r"params\.yaml is a folder, not a params file"):
+        load_params(tmp_path / "params.yaml")
+    with pytest.raises(ParamsError, match=r"absent\.yaml not found; run from the project root"):
+        load_params(tmp_path / "absent.yaml")
+
+
+def test_a_byte_order_mark_and_yaml_merge_keys_are_fine(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + (ROOT / "params.yaml").read_bytes())
+    assert load_params(path).synth.k == 2
+    text = (ROOT / "params.yaml").read_text().replace("latents:\n  batch_size: 1000",
+                                                      "latents: &batch\n  batch_size: 1000")
+    text = text.replace("features:\n  batch_size: 500", "features:\n  <<: *batch\n  batch_size: 500")
+    path.write_text(text)
+    assert load_params(path).features.batch_size == 500

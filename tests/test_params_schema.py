@@ -1,0 +1,210 @@
+"""Every key of the params schema against hostile values, with the cases derived from the pydantic models.
+
+The walk reads each section of :class:`Params`, each of its fields and the field's constraints (ge/gt/le/lt,
+min_length), so a new key is covered here without a new test. For every value tried, one of two things must hold:
+the value is valid by its field's own constraints and parses, or ``parse_params`` raises :class:`ParamsError` whose
+message is one line naming the dotted key. A value outside the field's constraints must be refused. No other
+exception type may escape (a rule across keys may refuse a value its field allows, but it too must name the key).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import annotated_types as at
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic.fields import FieldInfo
+
+from dmr_core.params import Params, ParamsError, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
+# Hypothesis: few examples, no example database written into the project, no per-example deadline
+FAST = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def schema_keys() -> list[tuple[str, str, FieldInfo]]:
+    """(section, key, field) for every key of every section of the schema."""
+    return [(section, name, field)
+            for section, section_field in Params.model_fields.items()
+            for name, field in section_field.annotation.model_fields.items()]
+
+
+KEYS = schema_keys()
+
+
+def kind(field: FieldInfo) -> str:
+    """The kind of value a field holds; a new kind must get its cases here before its keys pass."""
+    annotation = field.annotation
+    if annotation is bool:
+        return "bool"
+    if annotation in (int, float):
+        return "number"
+    if get_origin(annotation) is Literal:
+        return "choice"
+    if get_origin(annotation) is list and get_origin(get_args(annotation)[0]) is Literal:
+        return "list"
+    raise AssertionError(f"no test cases for a key of type {annotation}; add them to {__file__}")
+
+
+def choices(field: FieldInfo) -> tuple:
+    annotation = field.annotation
+    return get_args(get_args(annotation)[0] if get_origin(annotation) is list else annotation)
+
+
+CONSTRAINTS = {at.Gt: "gt", at.Ge: "ge", at.Lt: "lt", at.Le: "le", at.MinLen: "min_length", at.MaxLen: "max_length"}
+
+
+def limits(field: FieldInfo) -> dict[str, Any]:
+    """The field's constraints as {'ge': 0, 'lt': 1, 'min_length': 1, ...}."""
+    return {CONSTRAINTS[type(item)]: getattr(item, CONSTRAINTS[type(item)])
+            for item in field.metadata if type(item) in CONSTRAINTS}
+
+
+def in_range(value: float, bounds: dict[str, Any]) -> bool:
+    return (("gt" not in bounds or value > bounds["gt"]) and ("ge" not in bounds or value >= bounds["ge"])
+            and ("lt" not in bounds or value < bounds["lt"]) and ("le" not in bounds or value <= bounds["le"]))
+
+
+def valid_by_field(field: FieldInfo, value: Any) -> bool:
+    """Whether ``value`` satisfies the field's own type and constraints (not the rules across keys)."""
+    bounds = limits(field)
+    match kind(field):
+        case "number":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return False
+            if isinstance(value, float) and not math.isfinite(value):
+                return False
+            if field.annotation is int and isinstance(value, float) and not value.is_integer():
+                return False
+            return in_range(value, bounds)
+        case "bool":
+            return isinstance(value, bool)
+        case "choice":
+            return isinstance(value, str) and value in choices(field)
+        case "list":
+            return (isinstance(value, list) and all(isinstance(v, str) and v in choices(field) for v in value)
+                    and len(value) >= bounds.get("min_length", 0) and len(value) <= bounds.get("max_length", 1 << 62)
+                    and len(set(value)) == len(value))
+    raise AssertionError(kind(field))
+
+
+def check(section: str, key: str, field: FieldInfo, value: Any) -> None:
+    """The one property: accepted only if valid by the field, else (or for a rule across keys) a one-line
+    ParamsError naming ``section.key``; never another exception."""
+    raw = copy.deepcopy(DEFAULTS)
+    raw[section][key] = value
+    try:
+        parse_params(raw)
+    except ParamsError as err:
+        message = str(err)
+        assert "\n" not in message and message.startswith("invalid params: "), message
+        assert f"{section}.{key}" in message, f"{section}.{key} = {value!r}: {message}"
+        return
+    except Exception as err:  # any other type is the failure this test looks for
+        raise AssertionError(f"{section}.{key} = {value!r} raised {type(err).__name__}: {err}") from err
+    assert valid_by_field(field, value), f"{section}.{key} = {value!r} was accepted"
+
+
+def fixed_values(field: FieldInfo, default: Any) -> list[Any]:
+    """The values every key of its kind gets: the edges of its range and the usual hostile ones."""
+    wrong_types = ["many", "", None, [1], {"a": 1}]
+    match kind(field):
+        case "number":
+            edges = []
+            for bound in limits(field).values():
+                step = 1 if field.annotation is int else 1e-9
+                edges += [bound, bound - step, bound + step]
+            return [0, -1, -0.5, 0.5, 1, float("nan"), float("inf"), float("-inf"), 10**30, 1e300, 10**400, True,
+                    *edges, *wrong_types]
+        case "bool":
+            return [True, False, "maybe", 2, 0.5, *wrong_types]
+        case "choice":
+            return [*choices(field), "no_such_choice", 0, True, ["a"], *wrong_types]
+        case "list":
+            names = list(choices(field))
+            return [[], [names[0]], [names[0], names[0]], [*default, default[0]], names, ["no_such_item"],
+                    [names[0], 3], names[0], 0, None, [[names[0]]]]
+    raise AssertionError(kind(field))
+
+
+CASES = [pytest.param(section, key, field, value, id=f"{section}.{key}={value!r}"[:80])
+         for section, key, field in KEYS for value in fixed_values(field, DEFAULTS[section][key])]
+
+
+def test_the_walk_finds_every_key_of_the_defaults():
+    assert {(section, key) for section, key, _ in KEYS} == {
+        (section, key) for section, values in DEFAULTS.items() for key in values}
+    assert all(kind(field) for _, _, field in KEYS)
+    assert parse_params(DEFAULTS)
+
+
+@pytest.mark.parametrize("section,key,field,value", CASES)
+def test_every_key_against_fixed_values(section, key, field, value):
+    check(section, key, field, value)
+
+
+@pytest.mark.parametrize("section,key", [(s, k) for s, k, _ in KEYS])
+def test_every_key_is_required(section, key):
+    raw = copy.deepcopy(DEFAULTS)
+    del raw[section][key]
+    with pytest.raises(ParamsError, match=rf"^invalid params: {section}\.{key}: missing key"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize("section", list(Params.model_fields))
+@pytest.mark.parametrize("value", [None, [], 5, "text"])
+def test_every_section_must_be_a_mapping(section, value):
+    raw = copy.deepcopy(DEFAULTS)
+    raw[section] = value
+    with pytest.raises(ParamsError, match=rf"^invalid params: {section}( = |: )") as info:
+        parse_params(raw)
+    assert "\n" not in str(info.value)
+    raw[section] = {**DEFAULTS[section], "no_such_key": 1}
+    with pytest.raises(ParamsError, match=rf"^invalid params: {section}\.no_such_key: unknown key"):
+        parse_params(raw)
+
+
+NUMBER_KEYS = [(s, k, f) for s, k, f in KEYS if kind(f) == "number"]
+OTHER_KEYS = [(s, k, f) for s, k, f in KEYS if kind(f) != "number"]
+
+
+@st.composite
+def number_cases(draw):
+    """A number key and a value: near its bounds, anywhere, non-finite, or of another type."""
+    section, key, field = draw(st.sampled_from(NUMBER_KEYS))
+    bounds = [b for name, b in limits(field).items() if name in ("gt", "ge", "lt", "le")]
+    near = [st.integers(min_value=math.floor(b) - 3, max_value=math.ceil(b) + 3) for b in bounds]
+    near += [st.floats(min_value=b - 1, max_value=b + 1) for b in bounds]
+    value = draw(st.one_of(st.integers(), st.floats(), *near, st.booleans(), st.none(),
+                           st.from_regex(r"[g-z]{1,8}", fullmatch=True), st.lists(st.integers(), max_size=3)))
+    return section, key, field, value
+
+
+@st.composite
+def other_cases(draw):
+    """A choice, list or boolean key and a value: its allowed names in any combination, or anything else."""
+    section, key, field = draw(st.sampled_from(OTHER_KEYS))
+    names = list(choices(field)) or [True, False]
+    value = draw(st.one_of(st.sampled_from(names), st.lists(st.sampled_from(names), max_size=6),
+                           st.text(max_size=8), st.integers(), st.none(),
+                           st.lists(st.one_of(st.sampled_from(names), st.text(max_size=4)), max_size=4)))
+    return section, key, field, value
+
+
+@FAST
+@given(number_cases())
+def test_number_keys_against_generated_values(case):
+    check(*case)
+
+
+@FAST
+@given(other_cases())
+def test_other_keys_against_generated_values(case):
+    check(*case)
