@@ -110,18 +110,18 @@ def bench(train_per_class: int, ref: str | None = None) -> dict:
             rate = images.get(stage, 0) / wall
             stages[stage] = {"wall_s": round(wall, 2), "images_per_s": round(rate, 1), "peak_rss_mb": round(rss, 1)}
             print(f"{stage:>15}: {wall:7.1f} s  {rate:9.1f} images/s  peak RSS {rss:7.1f} MB")
-        dmr_path = sum(s["wall_s"] for s in stages.values())
+        dmr_path_s = sum(s["wall_s"] for s in stages.values())
         rest, rest_rss = timed(["dvc", "repro"], project)
         print(f"{'baselines+report':>15}: {rest:7.1f} s  peak RSS {rest_rss:7.1f} MB")
         params["synth"]["lambda_max"] = 2.0
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         rerun, rerun_rss = timed(["dvc", "repro"], project)
-    full = dmr_path + rest
-    print(f"{'DMR path':>15}: {dmr_path:7.1f} s;  full run {full:.1f} s;  λ-only re-run: {rerun:.1f} s "
+    full = dmr_path_s + rest
+    print(f"{'DMR path':>15}: {dmr_path_s:7.1f} s;  full run {full:.1f} s;  λ-only re-run: {rerun:.1f} s "
           f"({100 * rerun / full:.0f} % of the full run)")
     return {
         "subset": {"train_images": n_train, "test_images": n_test, "ood_images": ood_images},
-        "stages": stages, "dmr_path_s": round(dmr_path, 2), "baselines_and_report_s": round(rest, 2),
+        "stages": stages, "dmr_path_s": round(dmr_path_s, 2), "baselines_and_report_s": round(rest, 2),
         "baselines_and_report_peak_rss_mb": round(rest_rss, 1), "full_run_s": round(full, 2),
         "lambda_rerun_s": round(rerun, 2), "lambda_rerun_pct_of_full": round(100 * rerun / full, 1),
         "lambda_rerun_peak_rss_mb": round(rerun_rss, 1),
