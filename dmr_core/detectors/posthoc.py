@@ -143,7 +143,6 @@ DETECTORS: dict[str, DetectorSpec] = {
         "feature_map", lambda ctx: ASH(None, head=ctx.pooled_head, variant="ash-s",
                                        percentile=ctx.settings.ash_percentile).predict_feature_maps),
 }
-TABLE1_DETECTORS = tuple(name for name, spec in DETECTORS.items() if spec.in_paper_table1)
 
 
 def fit_detectors(
