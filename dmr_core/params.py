@@ -20,9 +20,18 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .data.datasets import CIFAR10_CLASSES, OOD_SET_NAMES
+from .data.datasets import (
+    CIFAR10_CLASSES,
+    OOD_SET_NAMES,
+    OOD_SUITES,
+    IdSetInfo,
+    describe_id_set,
+    is_path_spec,
+    set_name,
+    user_path,
+)
 from .detectors.posthoc import DETECTORS
-from .errors import ParamsError
+from .errors import DataError, ParamsError
 from .nets.classifier import ARCHITECTURES, PRETRAINED_FILES
 from .nets.features import REPRESENTATIONS
 from .nets.generator import GENERATOR_KINDS
@@ -32,13 +41,11 @@ from .synthesis.variants import VARIANTS
 
 # The names each choice allows come from the tables where the choices are implemented.
 NUM_ID_CLASSES = len(CIFAR10_CLASSES)
-# Images per class in CIFAR-10's splits: what data.train_per_class / test_per_class can subsample.
-CIFAR10_IMAGES_PER_CLASS = {"train": 5000, "test": 1000}
 # Seeds go to random, NumPy and torch generators; 32 bits is what all of them accept.
 MAX_SEED = 2**32 - 1
 # The variants that edit distinct ID training images, one per synthesised image.
 TRAINING_IMAGE_VARIANTS = ("kirby", "dmr_kirby")
-OodSetName = Literal[OOD_SET_NAMES]
+OodSuite = Literal[("auto", *OOD_SUITES)]
 DetectorName = Literal[tuple(DETECTORS)]
 LambdaDistribution = Literal[LAMBDA_DISTRIBUTIONS]
 Config = TypeVar("Config")
@@ -88,14 +95,61 @@ class _Section(BaseModel):
 
 
 class DataParams(_Section):
-    ood_sets: list[OodSetName] = Field(min_length=1)
-    train_per_class: int = _bounded(f"CIFAR-10 has {CIFAR10_IMAGES_PER_CLASS['train']:,} training images per class; "
-                                    "0 = all of them", ge=0, le=CIFAR10_IMAGES_PER_CLASS["train"])
-    test_per_class: int = _bounded(f"CIFAR-10 has {CIFAR10_IMAGES_PER_CLASS['test']:,} test images per class; "
-                                   "0 = all of them", ge=0, le=CIFAR10_IMAGES_PER_CLASS["test"])
+    id_set: str = Field(min_length=1, description="cifar10, cifar100 or the path of a folder / tar laid out "
+                                                  "<split>/<class>/<image>")
+    ood_sets: OodSuite | list[str] = Field(min_length=1)
+    train_per_class: int = Field(ge=0, description="at most the images of the ID set's smallest class (checked in "
+                                                   "Params)")
+    test_per_class: int = Field(ge=0)
     ood_max: int = Field(ge=0)
     gaussian_count: int = Field(ge=1)
     seed: Seed
+
+    @field_validator("id_set")
+    @classmethod
+    def _id_set_is_readable(cls, value: str) -> str:
+        try:
+            describe_id_set(value)  # the layout of a folder or tar is checked here, before any stage runs
+        except DataError as err:
+            raise ValueError(str(err)) from None
+        return value
+
+    @field_validator("ood_sets", mode="before")
+    @classmethod
+    def _suite_or_list_of_names(cls, value: Any) -> Any:
+        """One message for either form (a union's own would name its member types in the key)."""
+        suites = ("auto", *OOD_SUITES)
+        if isinstance(value, str) and value not in suites:
+            raise ValueError(f"not a suite: use one of {', '.join(suites)}, or a list of OOD sets (names or paths)")
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            raise ValueError("every OOD set in the list is a name or a path (a string)")
+        if not isinstance(value, (str, list)):
+            raise ValueError(f"use one of {', '.join(suites)}, or a list of OOD sets (names or paths)")
+        return value
+
+    @field_validator("ood_sets")
+    @classmethod
+    def _ood_sets_exist(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str):
+            return value
+        names: dict[str, str] = {}
+        for spec in value:
+            if is_path_spec(spec):
+                path = user_path(spec)
+                if not (path.is_dir() or (path.is_file() and path.suffix.lower() == ".tar")):
+                    raise ValueError(f"{spec!r}: {path} is not a folder or a .tar archive of images")
+                if set_name(spec) in OOD_SET_NAMES:
+                    raise ValueError(f"{spec!r} would be reported as {set_name(spec)!r}, the name of a built-in set; "
+                                     "rename the folder or archive")
+            elif spec not in OOD_SET_NAMES:
+                raise ValueError(f"unknown OOD set {spec!r}: use one of {list(OOD_SET_NAMES)}, a suite "
+                                 f"({', '.join(('auto', *OOD_SUITES))}) instead of a list, or the path of a folder "
+                                 "or tar of images (./name for a folder in the project)")
+            name = set_name(spec)
+            if name in names:
+                raise ValueError(f"{names[name]!r} and {spec!r} would both be reported as {name!r}; rename one")
+            names[name] = spec
+        return value
 
 
 class ClassifierParams(_Section):
@@ -129,12 +183,11 @@ class LatentsParams(_Section):
     batch_size: int = Field(ge=1)
 
 
-_K_BOUND = "the number of ID classes: the k mixed latents or images come from k distinct classes"
 
 
 class SynthParams(_Section):
     method: Literal[METHODS]
-    k: int = _bounded(_K_BOUND, ge=1, le=NUM_ID_CLASSES)
+    k: int = Field(ge=1, description="at most the number of ID classes (checked in Params)")
     lambda_dist: LambdaDistribution
     lambda_min: float = Field(gt=0)
     lambda_max: float = Field(gt=0)
@@ -182,7 +235,7 @@ class BaselinesParams(_Section):
 class SynthBaselinesParams(_Section):
     # at least one: the report stage reads the folder the variants write
     variants: list[Literal[tuple(VARIANTS)]] = Field(min_length=1)
-    k: int = _bounded(_K_BOUND, ge=1, le=NUM_ID_CLASSES)
+    k: int = Field(ge=1, description="at most the number of ID classes (checked in Params)")
     lambda_dist: LambdaDistribution
     lambda_min: float = Field(gt=0)
     lambda_max: float = Field(gt=0)
@@ -212,11 +265,13 @@ def penultimate_size(arch: str) -> int:
 
 def id_train_images(data: DataParams) -> tuple[int, str]:
     """How many ID training images the data stage keeps, and where that number comes from (for messages)."""
+    info = describe_id_set(data.id_set)
+    classes = len(info.class_names)
     if data.train_per_class == 0:
-        total = CIFAR10_IMAGES_PER_CLASS["train"] * NUM_ID_CLASSES
-        return total, f"all {total:,} of CIFAR-10's training split, data.train_per_class = 0"
-    total = data.train_per_class * NUM_ID_CLASSES
-    return total, f"data.train_per_class = {data.train_per_class} × {NUM_ID_CLASSES} classes"
+        total = info.images["train"]
+        return total, f"all {total:,} of {info.name}'s training split, data.train_per_class = 0"
+    total = data.train_per_class * classes
+    return total, f"data.train_per_class = {data.train_per_class} × {classes} classes"
 
 
 class Params(_Section):
@@ -241,8 +296,29 @@ class Params(_Section):
         return self
 
 
+def _data_problems(d: DataParams, info: IdSetInfo) -> Iterator[str]:
+    """What the ID set allows of the data section: subsets no larger than its smallest class, and no OOD set that
+    is the ID set itself."""
+    for split in ("train", "test"):
+        asked, fewest = getattr(d, f"{split}_per_class"), info.min_images_per_class[split]
+        if asked > fewest:
+            yield (f"data.{split}_per_class = {asked}: {info.name}'s smallest class has {fewest:,} {split} images "
+                   f"(data.id_set = {d.id_set!r}); lower it, or 0 for every image")
+    if isinstance(d.ood_sets, list) and info.name in (set_name(s) for s in d.ood_sets):
+        yield (f"data.ood_sets lists {info.name!r}, the ID set (data.id_set = {d.id_set!r}): a set cannot be its own "
+               "OOD set; remove it")
+
+
 def _problems(p: Params) -> Iterator[str]:
     """Each broken rule across keys, as one line naming the keys involved."""
+    info = describe_id_set(p.data.id_set)
+    yield from _data_problems(p.data, info)
+    classes = len(info.class_names)
+    for name in ("synth", "synth_baselines"):
+        k = getattr(p, name).k
+        if k > classes:
+            yield (f"{name}.k = {k}: at most the number of ID classes, {classes} (data.id_set = {p.data.id_set!r}), "
+                   "as the k mixed latents or images come from k distinct classes; lower it")
     c = p.classifier
     if c.init == "pretrained" and c.arch not in PRETRAINED_FILES:
         yield (f"classifier.init = 'pretrained' with classifier.arch = {c.arch!r}: pretrained weights exist for "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import inspect
+import json
 import os
 import re
 import sys
@@ -115,7 +116,30 @@ def run(main: Callable[..., None], name: str) -> None:
 
 def id_split_path(datasets: Path, split: str) -> Path:
     """Where the data stage writes the ID ``train`` / ``test`` split inside its output folder."""
-    return datasets / f"cifar10_{split}.zarr"
+    return datasets / f"id_{split}.zarr"
+
+
+SETS_INDEX = "sets.json"
+
+
+def write_sets_index(datasets: Path, class_names: list[str], ood_sets: list[str]) -> None:
+    """The data stage's index of what it wrote: the ID classes in label order and the OOD sets in order."""
+    (datasets / SETS_INDEX).write_text(json.dumps({"class_names": class_names, "ood_sets": ood_sets}, indent=2))
+
+
+def read_sets_index(datasets: Path) -> dict:
+    """``{"class_names": [...], "ood_sets": [...]}`` as the data stage wrote them."""
+    path = datasets / SETS_INDEX
+    try:
+        index = json.loads(path.read_text())
+        if not isinstance(index.get("class_names"), list) or not isinstance(index.get("ood_sets"), list):
+            raise ValueError("no class_names / ood_sets lists")
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: the datasets (stage data) are incomplete or from an older version; run "
+                        "`dvc repro data` (or `dvc checkout --force data/datasets`)") from None
+    except (ValueError, AttributeError) as err:
+        raise DataError(f"{path} is damaged ({err}); run `dvc checkout --force {datasets}` or `dvc repro data`") from None
+    return index
 
 
 def ood_set_path(datasets: Path, name: str) -> Path:

@@ -1,14 +1,15 @@
-"""Stage data: the ID train/test splits and every OOD test set → uint8 zarr image sets (N×32×32×3)."""
+"""Stage data: the ID train/test splits and every OOD test set → uint8 zarr image sets (N×32×32×3), and what was
+read from where."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from dmr_core.data.artifacts import atomic_output, save_zarr, write_json
-from dmr_core.data.datasets import ImageSet, load_id_split, load_ood_set
+from dmr_core.data.datasets import ImageSet, load_id_split, load_ood_set, select_ood_sets, set_name
 from dmr_core.params import Params
 
-from ._common import id_split_path, ood_set_path, run
+from ._common import id_split_path, ood_set_path, run, write_sets_index
 
 
 def _save(image_set: ImageSet, path: Path, role: str) -> None:
@@ -18,21 +19,35 @@ def _save(image_set: ImageSet, path: Path, role: str) -> None:
     })
 
 
+def _summary(image_set: ImageSet) -> dict:
+    return {"images": len(image_set.images), "source": image_set.source, "skipped": image_set.skipped}
+
+
 def main(params: Params, out: Path, metrics: Path) -> None:
     p = params.data
-    summary = {}
+    selection = select_ood_sets(p.ood_sets, p.id_set)
+    summary: dict = {"id_set": p.id_set, "ood_suite": {"asked": selection.asked, "used": selection.suite}}
     with atomic_output(out) as tmp:
+        class_names: list[str] = []
         for split, per_class in (("train", p.train_per_class), ("test", p.test_per_class)):
-            image_set = load_id_split(split, per_class=per_class, seed=p.seed)
+            image_set = load_id_split(p.id_set, split, per_class=per_class, seed=p.seed)
             _save(image_set, id_split_path(tmp, split), f"id_{split}")
-            summary[f"cifar10_{split}"] = {"images": len(image_set.images), "skipped": image_set.skipped}
-        for name in p.ood_sets:
-            image_set = load_ood_set(name, max_images=p.ood_max, seed=p.seed, gaussian_count=p.gaussian_count)
+            summary[f"id_{split}"] = _summary(image_set)
+            class_names = image_set.class_names
+        summary["classes"] = len(class_names)
+        names = []
+        for spec in selection.sets:
+            name = set_name(spec)
+            image_set = load_ood_set(spec, max_images=p.ood_max, seed=p.seed, gaussian_count=p.gaussian_count)
             _save(image_set, ood_set_path(tmp, name), "ood_test")
-            summary[name] = {"images": len(image_set.images), "skipped": image_set.skipped}
-        for name, info in summary.items():
-            skipped = f", skipped or converted: {info['skipped']}" if info["skipped"] else ""
-            print(f"{name}: {info['images']} images{skipped}")
+            summary.setdefault("ood", {})[name] = _summary(image_set)
+            names.append(name)
+        write_sets_index(tmp, class_names, names)
+        print(f"ID set {p.id_set}: {len(class_names)} classes; OOD sets ({selection.suite}): {', '.join(names)}")
+        for name, info in [("id_train", summary["id_train"]), ("id_test", summary["id_test"]),
+                           *summary["ood"].items()]:
+            skipped = f", skipped or changed: {info['skipped']}" if info["skipped"] else ""
+            print(f"{name}: {info['images']} images from {info['source']}{skipped}")
     write_json(metrics, summary)
 
 

@@ -32,11 +32,11 @@ def main(params: Params, eval_metrics: Path, baselines: Path, combined: Path, sy
          data: Path, out_md: Path, out_csv: Path, plot: Path) -> None:
     synth = {v: _read(synth_baselines / f"{v}.json") for v in params.synth_baselines.variants}
     methods = collect(_read(eval_metrics), _read(baselines), synth, _read(combined))
-    table = build_table(methods, paper_tables())
+    data_metrics = _read(data)
+    table = build_table(methods, paper_tables(), data_metrics.get("id_set", "cifar10"))
     with atomic_output(out_csv) as tmp:
         table.to_csv(tmp, index=False)
-    markdown = render_markdown(table, list(params.data.ood_sets), _read(classifier),
-                               _read(data)["cifar10_test"]["images"], describe_synthesis(params.synth.to(SynthConfig)))
+    markdown = render_markdown(table, data_metrics, _read(classifier), describe_synthesis(params.synth.to(SynthConfig)))
     with atomic_output(out_md) as tmp:
         tmp.write_text(markdown)
     means = table[table["set"] == "mean"].set_index("method")["auroc"].to_dict()

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 from test_datasets import make_tar, png
 
-from dmr_core.data.datasets import CIFAR10_CLASSES, MAX_IMAGE_PIXELS, load_ood_set, read_tar_split
+from dmr_core.data.datasets import CIFAR10_CLASSES, load_ood_set, read_tar_split
+from dmr_core.data.sources import MAX_IMAGE_PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
 SPARSE_SIZE = 8 * 2**30

@@ -54,15 +54,16 @@ def test_subset_is_seeded(tmp_path):
     np.testing.assert_array_equal(a.images, b.images)
 
 
-def test_non_images_and_wrong_sizes_are_skipped_and_counted(tmp_path):
+def test_non_images_are_skipped_and_other_sizes_and_modes_fitted_and_counted(tmp_path):
     members = cifar_members()
     members["cifar10/train/cat/README.txt"] = b"hello"
-    members["cifar10/train/cat/9999.png"] = png(size=(64, 64))
+    members["cifar10/train/cat/9999.png"] = png(size=(64, 48), value=200)  # resized, kept
     members["cifar10/train/dog/bad.jpg"] = b"not really a jpeg"
     members["cifar10/train/dog/gray.png"] = png(mode="L", value=7)  # converted, kept
     s = read_tar_split(make_tar(tmp_path / "c.tar", members), "cifar10", "train", CIFAR10_CLASSES)
-    assert s.skipped == {"not_an_image": 1, "wrong_size": 1, "undecodable": 1, "converted_to_rgb": 1}
-    assert len(s.images) == 31
+    assert s.skipped == {"not_an_image": 1, "resized": 1, "undecodable": 1, "converted_to_rgb": 1}
+    assert len(s.images) == 32 and s.images.shape[1:] == (32, 32, 3)
+    assert {200, 7} <= set(np.unique(s.images))
 
 
 def test_path_traversal_is_refused(tmp_path):
@@ -90,7 +91,7 @@ def test_empty_class_and_unknown_label(tmp_path):
     members = {**cifar_members(), "cifar10/train/unicorn/0.png": png()}
     with pytest.raises(DataError, match="'unicorn' is not one of the classes"):
         read_tar_split(make_tar(tmp_path / "d.tar", members), "cifar10", "train", CIFAR10_CLASSES)
-    members = {k: (png(size=(8, 8)) if "/ship/" in k else v) for k, v in cifar_members().items()}
+    members = {k: (b"not an image" if "/ship/" in k else v) for k, v in cifar_members().items()}
     with pytest.raises(DataError, match=r"\['ship'\] have no usable"):
         read_tar_split(make_tar(tmp_path / "e.tar", members), "cifar10", "train", CIFAR10_CLASSES)
 
@@ -101,10 +102,10 @@ def test_offline_set_missing_names_both_ways(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"put icons\.tar in the folder named by DMR_DATA_HOME"):
         load_ood_set("icons")
     # CIFAR-10: no archive and (here) no network: the error names the archive and the download
-    monkeypatch.setattr("dmr_core.data.datasets._download_cifar10",
+    monkeypatch.setattr("dmr_core.data.datasets._download_cifar",
                         lambda *a: (_ for _ in ()).throw(OSError("network unreachable")))
     with pytest.raises(DataError, match=r"put cifar10\.tar .* or allow the download .*network unreachable"):
-        load_id_split("train")
+        load_id_split("cifar10", "train")
 
 
 def test_ood_set_from_data_home(tmp_path, monkeypatch):

@@ -27,7 +27,6 @@ def test_defaults_are_valid():
 
 
 @pytest.mark.parametrize("section,key,value,expected", [
-    ("synth", "k", 11, r"synth\.k = 11: .*less than or equal to 10"),
     ("synth", "k", 0, r"synth\.k = 0: .*greater than or equal to 1"),
     ("synth", "lambda_min", 0.0, r"synth\.lambda_min = 0\.0: .*greater than 0"),
     ("synth", "lambda_max", -1.0, r"synth\.lambda_max = -1\.0: .*greater than 0"),
@@ -35,11 +34,14 @@ def test_defaults_are_valid():
     ("synth_baselines", "lambda_min", 4.0, r"synth_baselines\.lambda_min = 4\.0 > synth_baselines\.lambda_max = 3\.0"),
     ("synth_baselines", "variants", ["gan"], r"synth_baselines\.variants\.0 = 'gan'"),
     ("baselines", "detectors", ["MSP", "Foo"], r"baselines\.detectors\.1 = 'Foo'"),
+    ("synth", "k", 11, r"synth\.k = 11: at most the number of ID classes, 10 \(data\.id_set = 'cifar10'\)"),
     ("synth", "num_samples", -5, r"synth\.num_samples = -5: .*greater than or equal to 1"),
     ("synth", "method", "magic", r"synth\.method = 'magic': .*'mlm', 'dmr' or 'dmr_mlm'"),
     ("synth", "lambda_dist", "normal", r"synth\.lambda_dist = 'normal'"),
     ("classifier", "arch", "resnet18", r"classifier\.arch = 'resnet18': .*resnet20"),
-    ("data", "ood_sets", ["icons", "mnist"], r"data\.ood_sets\.1 = 'mnist'"),
+    ("data", "ood_sets", ["icons", "mnist"], r"data\.ood_sets = \['icons', 'mnist'\]: unknown OOD set 'mnist'"),
+    ("data", "ood_sets", "everything", r"data\.ood_sets = 'everything': not a suite: use one of auto, offline, paper"),
+    ("data", "id_set", "imagenet", r"data\.id_set = 'imagenet': unknown ID set 'imagenet'"),
     ("data", "train_per_class", -1, r"data\.train_per_class = -1"),
     ("head", "batch_size", 0, r"head\.batch_size = 0"),
     ("head", "feature", "pixels", r"head\.feature = 'pixels'"),
@@ -90,8 +92,8 @@ def test_stage_fails_before_work_with_one_line(tmp_path):
                                  "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        ("error in stage data: invalid params: synth.k = 11: Input should be less than or equal to 10 (the number of "
-         "ID classes: the k mixed latents or images come from k distinct classes)")]
+        ("error in stage data: invalid params: synth.k = 11: at most the number of ID classes, 10 (data.id_set = "
+         "'cifar10'), as the k mixed latents or images come from k distinct classes; lower it")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
@@ -193,16 +195,22 @@ def test_bounded_by_the_training_images(key):
     raw["data"]["train_per_class"] = 0  # the whole split
     assert getattr(parse_params(raw).baselines, key) == 201
     raw["baselines"][key] = 50001
-    with pytest.raises(ParamsError, match=r"at most the number of ID training images, 50,000 \(all 50,000 of CIFAR"):
+    with pytest.raises(ParamsError, match=r"at most the number of ID training images, 50,000 \(all 50,000 of "
+                                          r"cifar10's training split"):
         parse_params(raw)
 
 
-@pytest.mark.parametrize("key,limit", [("train_per_class", 5000), ("test_per_class", 1000)])
-def test_per_class_counts_are_bounded_by_cifar10(key, limit):
-    assert getattr(parse_params(with_value("data", key, limit)).data, key) == limit
-    with pytest.raises(ParamsError, match=rf"data\.{key} = {limit + 1}: .*less than or equal to {limit} "
-                                          rf"\(CIFAR-10 has {limit:,} .* images per class"):
-        parse_params(with_value("data", key, limit + 1))
+@pytest.mark.parametrize("id_set,key,limit", [("cifar10", "train_per_class", 5000), ("cifar10", "test_per_class", 1000),
+                                              ("cifar100", "train_per_class", 500), ("cifar100", "test_per_class", 100)])
+def test_per_class_counts_are_bounded_by_the_id_set(id_set, key, limit):
+    raw = with_value("data", "id_set", id_set)
+    raw["data"][key] = limit
+    assert getattr(parse_params(raw).data, key) == limit
+    raw["data"][key] = limit + 1
+    split = key.split("_")[0]
+    with pytest.raises(ParamsError, match=rf"data\.{key} = {limit + 1}: {id_set}'s smallest class has {limit:,} "
+                                          rf"{split} images"):
+        parse_params(raw)
 
 
 def test_kirby_cannot_edit_more_images_than_there_are():

@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import annotated_types as at
 import pytest
@@ -21,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic.fields import FieldInfo
 
+from dmr_core.data.datasets import BUILTIN_ID_SETS, OOD_SET_NAMES, is_path_spec, user_path
 from dmr_core.params import Params, ParamsError, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,12 +52,32 @@ def kind(field: FieldInfo) -> str:
         return "choice"
     if get_origin(annotation) is list and get_origin(get_args(annotation)[0]) is Literal:
         return "list"
+    if annotation is str:  # data.id_set: a known name or the path of a set
+        return "name_or_path"
+    if get_origin(annotation) in (Union, UnionType) and {get_origin(a) for a in get_args(annotation)} == {Literal, list}:
+        return "choice_or_list"  # data.ood_sets: a suite or a list of names / paths
     raise AssertionError(f"no test cases for a key of type {annotation}; add them to {__file__}")
 
 
 def choices(field: FieldInfo) -> tuple:
     annotation = field.annotation
+    match kind(field):
+        case "name_or_path":
+            return tuple(BUILTIN_ID_SETS)
+        case "choice_or_list":
+            return tuple(c for a in get_args(annotation) if get_origin(a) is Literal for c in get_args(a))
     return get_args(get_args(annotation)[0] if get_origin(annotation) is list else annotation)
+
+
+def names_listed(field: FieldInfo) -> tuple:
+    """What a list of a choice_or_list key may hold: the OOD set names (paths are tried by tests of their own)."""
+    return OOD_SET_NAMES
+
+
+def existing_set_path(value: Any) -> bool:
+    """A string that names an existing folder or tar by the path rule (``./x``, ``~``, ``a/b``, ``x.tar``)."""
+    return isinstance(value, str) and is_path_spec(value) and (
+        user_path(value).is_dir() or (user_path(value).is_file() and value.lower().endswith(".tar")))
 
 
 CONSTRAINTS = {at.Gt: "gt", at.Ge: "ge", at.Lt: "lt", at.Le: "le", at.MinLen: "min_length", at.MaxLen: "max_length"}
@@ -92,6 +114,13 @@ def valid_by_field(field: FieldInfo, value: Any) -> bool:
             return (isinstance(value, list) and all(isinstance(v, str) and v in choices(field) for v in value)
                     and len(value) >= bounds.get("min_length", 0) and len(value) <= bounds.get("max_length", 1 << 62)
                     and len(set(value)) == len(value))
+        case "name_or_path":  # an existing path is only valid with the ID layout: tested in test_id_sets.py
+            return isinstance(value, str) and value in choices(field)
+        case "choice_or_list":
+            if isinstance(value, str):
+                return value in choices(field)
+            return (isinstance(value, list) and len(value) >= 1 and len(set(map(repr, value))) == len(value)
+                    and all(isinstance(v, str) and (v in names_listed(field) or existing_set_path(v)) for v in value))
     raise AssertionError(kind(field))
 
 
@@ -131,6 +160,12 @@ def fixed_values(field: FieldInfo, default: Any) -> list[Any]:
             names = list(choices(field))
             return [[], [names[0]], [names[0], names[0]], [*default, default[0]], names, ["no_such_item"],
                     [names[0], 3], names[0], 0, None, [[names[0]]]]
+        case "name_or_path":
+            return [*choices(field), "no_such_set", "./no/such/folder", "missing.tar", 0, True, *wrong_types]
+        case "choice_or_list":
+            names = list(names_listed(field))
+            return [*choices(field), "no_such_suite", [], [names[0]], [names[0], names[0]], names,
+                    ["no_such_item"], ["./no/such/folder"], [names[0], 3], 0, None, [[names[0]]], *wrong_types]
     raise AssertionError(kind(field))
 
 
@@ -192,6 +227,8 @@ def other_cases(draw):
     """A choice, list or boolean key and a value: its allowed names in any combination, or anything else."""
     section, key, field = draw(st.sampled_from(OTHER_KEYS))
     names = list(choices(field)) or [True, False]
+    if kind(field) == "choice_or_list":
+        names += list(names_listed(field))
     value = draw(st.one_of(st.sampled_from(names), st.lists(st.sampled_from(names), max_size=6),
                            st.text(max_size=8), st.integers(), st.none(),
                            st.lists(st.one_of(st.sampled_from(names), st.text(max_size=4)), max_size=4)))

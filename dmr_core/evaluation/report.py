@@ -43,19 +43,25 @@ def collect(eval_metrics: dict, baselines: dict, synth_baselines: dict[str, dict
     return methods
 
 
-def build_table(methods: dict[str, tuple[str, dict]], paper: dict) -> pd.DataFrame:
-    """Long table: one row per (method, set) with our AUROC / AUPR-OUT and the paper's, where it has one."""
-    table1 = paper["table1_cifar10_wrn40_2"]
+# the paper's per-set table (Table 1 for CIFAR-10, Table 4 for CIFAR-100; both WRN-40-2) and its title, per ID set
+PAPER_SET_TABLES = {"cifar10": ("table1_cifar10_wrn40_2", "Table 1"),
+                    "cifar100": ("table4_cifar100_wrn40_2", "Table 4")}
+
+
+def build_table(methods: dict[str, tuple[str, dict]], paper: dict, id_set: str = "cifar10") -> pd.DataFrame:
+    """Long table: one row per (method, set) with our AUROC / AUPR-OUT and the paper's, where it has one: from the
+    paper's table for this ID set (none for a user's own set)."""
+    table1 = paper[PAPER_SET_TABLES[id_set][0]] if id_set in PAPER_SET_TABLES else {}
     table3 = paper["table3_ablation_mean"]
     rows = []
     for method, (kind, sets) in methods.items():
         t1, t3 = PAPER_ROWS.get(method, (None, None))
         for set_name, m in sets.items():
             paper_auroc = paper_aupr = None
-            if t1 and set_name in table1[t1]:
+            if t1 and set_name in table1.get(t1, {}):
                 paper_auroc, paper_aupr = table1[t1][set_name]["auroc"], table1[t1][set_name]["aupr"]
-            elif t3 and set_name == "mean":
-                paper_auroc, paper_aupr = table3[t3]["cifar10"]["auroc"], table3[t3]["cifar10"]["aupr"]
+            elif t3 and set_name == "mean" and id_set in table3[t3]:
+                paper_auroc, paper_aupr = table3[t3][id_set]["auroc"], table3[t3][id_set]["aupr"]
             rows.append({"method": method, "kind": kind, "set": set_name, "auroc": m["AUROC"],
                          "aupr_out": m["AUPR-OUT"], "fpr95tpr": m["FPR95TPR"],
                          "paper_auroc": paper_auroc, "paper_aupr_out": paper_aupr})
@@ -73,29 +79,50 @@ def _cell(value: float, best: bool, paper: float | None) -> str:
     return text + (f" ({paper:.2f})" if paper is not None and paper == paper else "")
 
 
-def render_markdown(table: pd.DataFrame, evaluated_sets: list[str], classifier: dict, id_test_images: int,
-                    dmr_config: str = "") -> str:
-    """The report: AUROC and AUPR-OUT tables (best per column in bold, paper value in brackets)."""
+ID_SET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+
+
+def _data_lines(data: dict) -> list[str]:
+    """What the run evaluated and from where (the data stage's metrics), and how it compares with the paper."""
+    id_set = data.get("id_set", "cifar10")
+    evaluated = list(data.get("ood", {}))
+    sources = "; ".join(f"{name} from {info.get('source', '?')}" for name, info in data.get("ood", {}).items())
+    suite = data.get("ood_suite", {})
+    lines = [f"OOD sets ({suite.get('used', 'listed')} suite, data.ood_sets = {suite.get('asked')!r}): {sources}.", ""]
+    if id_set in PAPER_SET_TABLES:
+        not_evaluated = [s for s in PAPER_SETS if s not in evaluated]
+        lines += [
+            f"Paper sets not evaluated here: {', '.join(not_evaluated) or 'none'} (they are downloaded from the "
+            "internet; `data.ood_sets: paper` evaluates them where there is internet). "
+            "textures_partial holds 10 of the 47 DTD categories and is not comparable with the paper's Textures; "
+            "tinyimagenet_part holds whole Tiny ImageNet validation images (88 classes without those overlapping "
+            "CIFAR-10, resized to 32×32), not the paper's random TIN crops.",
+            "",
+        ]
+    return lines
+
+
+def render_markdown(table: pd.DataFrame, data: dict, classifier: dict, dmr_config: str = "") -> str:
+    """The report: AUROC and AUPR-OUT tables (best per column in bold, paper value in brackets). ``data`` is the
+    data stage's metrics: the ID set, the OOD sets evaluated and where each came from."""
+    id_set = data.get("id_set", "cifar10")
     present = set(table["set"])
-    sets = [s for s in evaluated_sets if s in present] + [k for k in SUMMARY_KEYS if k in present]
+    sets = [s for s in data.get("ood", {}) if s in present] + [k for k in SUMMARY_KEYS if k in present]
     order = (table[table["set"] == "mean"].sort_values("auroc", ascending=False)["method"].tolist())
-    not_evaluated = [s for s in PAPER_SETS if s not in evaluated_sets]
+    paper_note = (
+        f"In brackets: the paper's number (WRN-40-2, {PAPER_SET_TABLES[id_set][1]}; for MLM and DMR-single Table 3's "
+        "mean) where the paper evaluated the same set. The paper's mean is over its six sets, so it is not the same "
+        "average as ours." if id_set in PAPER_SET_TABLES else "The paper has no numbers for this ID set.")
     lines = [
         "# DMR vs. post-hoc detectors and other OOD-synthesis methods",
         "",
-        f"ID: CIFAR-10 test ({id_test_images:,} images). Classifier: {classifier.get('arch')} "
+        f"ID: {ID_SET_TITLES.get(id_set, id_set)} test ({data.get('id_test', {}).get('images', 0):,} images, "
+        f"{data.get('classes', '?')} classes). Classifier: {classifier.get('arch')} "
         f"({classifier.get('test_accuracy', float('nan')):.2f}% test accuracy), frozen; every method scores the same "
         "classifier and the same OOD sets. Higher AUROC / AUPR-OUT is better; OOD is the positive class.",
-        "Best per column in **bold**. In brackets: the paper's number (WRN-40-2, Table 1; for MLM and DMR-single "
-        "Table 3's mean) where the paper evaluated the same set. The paper's mean is over its six sets, so it is "
-        "not the same average as ours.",
+        f"Best per column in **bold**. {paper_note}",
         "",
-        f"Paper sets not evaluated here: {', '.join(not_evaluated) or 'none'} (they are downloaded from the "
-        "internet and were not available offline; add them to data.ood_sets where you have internet). "
-        "textures_partial holds 10 of the 47 DTD categories and is not comparable with the paper's Textures; "
-        "tinyimagenet_part holds whole Tiny ImageNet validation images (88 classes without those overlapping CIFAR-10, "
-        "resized to 32×32), not the paper's random TIN crops.",
-        "",
+        *_data_lines(data),
     ]
     if dmr_config:
         lines += [f"The DMR row: {dmr_config}.", ""]

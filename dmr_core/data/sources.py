@@ -1,0 +1,189 @@
+"""Image files in a tar archive or a folder: listing them safely, reading them, decoding them to RGB uint8 at the
+pipeline's image size.
+
+An archive is read member by member in memory and never extracted; a folder is walked without following links out
+of it. Members and images too large to be real are skipped unread, so a crafted archive costs no memory.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff"}
+# The size every network of the pipeline is built for (the CIFAR classifiers and the generators).
+IMAGE_SIZE = 32
+# Archive bombs: a member is read into memory whole and an image decoded whole, so both are capped before either
+# happens. The real members are a few KB (the largest is 5 KB); the caps sit far above any real image (an
+# uncompressed 4K UHD RGBA bitmap is 33 MB and 8.3 M pixels) and far below what could hurt the machine (a decoded
+# RGB image at the pixel cap is 50 MB).
+MAX_MEMBER_BYTES = 64 * 2**20
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image file of a source: its path relative to the source's root (POSIX form), its size, and where to read
+    it (a tar member or a file)."""
+
+    path: PurePosixPath
+    size: int
+    handle: tarfile.TarInfo | Path
+
+
+@dataclass
+class Listing:
+    """The image files of a source and what was passed over while listing (``not_an_image``, ``too_large``)."""
+
+    entries: list[Entry]
+    skipped: Counter
+
+
+def is_archive(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() == ".tar"
+
+
+def _safe_member_path(member: tarfile.TarInfo, archive: Path) -> PurePosixPath:
+    path = PurePosixPath(member.name)
+    if path.is_absolute() or ".." in path.parts:
+        raise DataError(f"{archive}: member {member.name!r} has an absolute or '..' path; refusing to read this archive")
+    return path
+
+
+def _list_archive(archive: Path, prefix: PurePosixPath) -> Listing:
+    entries: list[Entry] = []
+    skipped: Counter[str] = Counter()
+    try:
+        with tarfile.open(archive, mode="r:") as tar:
+            for member in tar:
+                path = _safe_member_path(member, archive)
+                if not member.isfile() or path.parts[: len(prefix.parts)] != prefix.parts:
+                    continue
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    skipped["not_an_image"] += 1
+                elif member.size > MAX_MEMBER_BYTES:
+                    skipped["too_large"] += 1
+                else:
+                    entries.append(Entry(path, member.size, member))
+            end_of_members = tar.offset
+        # A complete tar ends with two zero blocks; without them it was cut at a member boundary.
+        if archive.stat().st_size < end_of_members + 2 * tarfile.BLOCKSIZE:
+            raise tarfile.ReadError(f"archive ends after {end_of_members} bytes without its end-of-archive marker")
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise DataError(f"{archive} is truncated or not a tar archive ({err}); download or copy it again") from None
+    return Listing(entries, skipped)
+
+
+def _list_folder(root: Path, prefix: PurePosixPath) -> Listing:
+    entries: list[Entry] = []
+    skipped: Counter[str] = Counter()
+    start = root.joinpath(*prefix.parts)
+    if not start.is_dir():
+        return Listing(entries, skipped)
+    for folder, subfolders, files in os.walk(start):  # links to folders are not followed (os.walk's default)
+        subfolders.sort()
+        for name in sorted(files):
+            file = Path(folder, name)
+            if name.startswith(".") or not file.is_file():  # hidden files (.DS_Store, ._x.jpg) are no images
+                continue
+            relative = PurePosixPath(file.relative_to(root).as_posix())
+            size = file.stat().st_size
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped["not_an_image"] += 1
+            elif size > MAX_MEMBER_BYTES:
+                skipped["too_large"] += 1
+            else:
+                entries.append(Entry(relative, size, file))
+    return Listing(entries, skipped)
+
+
+def list_images(source: Path, prefix: PurePosixPath = PurePosixPath()) -> Listing:
+    """The image files under ``prefix`` of a tar archive or a folder (files are recognised by their suffix)."""
+    if is_archive(source):
+        return _list_archive(source, prefix)
+    if source.is_dir():
+        return _list_folder(source, prefix)
+    raise DataError(f"{source} not found, or neither a folder nor a .tar archive")
+
+
+def read_payloads(source: Path, entries: list[Entry]) -> Iterator[tuple[Entry, bytes | None]]:
+    """(entry, its bytes) for each entry in order; None for a member or file that cannot be read."""
+    if is_archive(source):
+        try:
+            with tarfile.open(source, mode="r:") as tar:
+                for entry in entries:
+                    handle = tar.extractfile(entry.handle)
+                    yield entry, None if handle is None else handle.read()
+        except (tarfile.TarError, EOFError, OSError) as err:
+            raise DataError(f"{source} is truncated or corrupt ({err}); download or copy it again") from None
+        return
+    for entry in entries:
+        try:
+            yield entry, entry.handle.read_bytes()
+        except OSError:
+            yield entry, None
+
+
+def _open_header(payload: bytes) -> Image.Image | str:
+    """The opened image (only its header is read yet), or why it cannot be used: ``too_large`` / ``undecodable``.
+
+    PIL's own bomb check fires inside ``Image.open`` (a warning above its global ``Image.MAX_IMAGE_PIXELS``, an
+    error above twice that); both mean ``too_large`` here, and the global is left alone.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(payload))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return "too_large"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return "undecodable"
+
+
+def fit_image(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The resize rule every image of the pipeline goes through: converted to RGB, its shorter side resized to
+    ``size`` (bilinear, antialiased), then centre-cropped to ``size`` × ``size``; an RGB image already of that size
+    is kept pixel for pixel. It keeps the aspect ratio, as the usual 32×32 OOD benchmarks were made."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image.size != (size, size):
+        from torchvision.transforms.v2 import functional as TF  # imported only when needed: it loads torch
+
+        image = TF.center_crop(TF.resize(image, size, antialias=True), [size, size])
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode_image(payload: bytes, size: int = IMAGE_SIZE) -> tuple[np.ndarray | None, list[str], str | None]:
+    """One image file → (``size``×``size``×3 uint8, what was changed, None) or (None, [], why it was skipped).
+
+    What was changed: ``converted_to_rgb`` (grayscale, palette, RGBA, …) and ``resized`` (another size), as
+    :func:`fit_image` does. An image whose header claims more than ``MAX_IMAGE_PIXELS`` is skipped as ``too_large``
+    before any pixel is decoded, so a small file that decompresses to gigabytes costs nothing.
+    """
+    img = _open_header(payload)
+    if isinstance(img, str):
+        return None, [], img
+    try:
+        with img:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                return None, [], "too_large"
+            img.load()
+            changes = [name for name, changed in (("converted_to_rgb", img.mode != "RGB"),
+                                                  ("resized", img.size != (size, size))) if changed]
+            return fit_image(img, size), changes, None
+    except Image.DecompressionBombError:
+        return None, [], "too_large"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None, [], "undecodable"
