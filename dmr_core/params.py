@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import reprlib
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -78,6 +79,10 @@ class _Section(BaseModel):
             raise ValueError("a number is needed here, not true/false")
         if annotation is bool and not isinstance(value, bool):
             raise ValueError("must be true or false")
+        if isinstance(value, list) and typing.get_origin(annotation) is list and any(isinstance(v, bool) for v in value):
+            item = typing.get_args(annotation)[0]
+            if typing.get_origin(item) is Annotated and typing.get_args(item)[0] in (int, float):
+                raise ValueError("a list of numbers is needed here, not true/false")
         return value
 
     @field_validator("*", mode="after")
@@ -249,6 +254,16 @@ class EvalParams(_Section):
     roc_points: int = Field(ge=2)
 
 
+class FiguresParams(_Section):
+    # at least one row each; every k at most the number of ID classes (checked in Params)
+    ks: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    lambdas: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+    fixed_k: int = Field(ge=1, description="at most the number of ID classes (checked in Params)")
+    fixed_lambda: float = Field(gt=0)
+    columns: int = Field(ge=1, le=64)
+    seed: Seed
+
+
 class CombineParams(_Section):
     # one Literal, not a union: a union's error would name its member types in the key
     detector: Literal[(*DETECTORS, "none")]
@@ -286,6 +301,7 @@ class Params(_Section):
     baselines: BaselinesParams
     combine: CombineParams
     synth_baselines: SynthBaselinesParams
+    figures: FiguresParams
 
     @model_validator(mode="after")
     def _rules_across_keys(self) -> Params:
@@ -314,10 +330,10 @@ def _problems(p: Params) -> Iterator[str]:
     info = describe_id_set(p.data.id_set)
     yield from _data_problems(p.data, info)
     classes = len(info.class_names)
-    for name in ("synth", "synth_baselines"):
-        k = getattr(p, name).k
+    for name, k in (("synth.k", p.synth.k), ("synth_baselines.k", p.synth_baselines.k),
+                    ("figures.fixed_k", p.figures.fixed_k), ("figures.ks", max(p.figures.ks))):
         if k > classes:
-            yield (f"{name}.k = {k}: at most the number of ID classes, {classes} (data.id_set = {p.data.id_set!r}), "
+            yield (f"{name} = {k}: at most the number of ID classes, {classes} (data.id_set = {p.data.id_set!r}), "
                    "as the k mixed latents or images come from k distinct classes; lower it")
     c = p.classifier
     if c.init == "pretrained" and c.arch not in PRETRAINED_FILES:

@@ -13,7 +13,7 @@ import copy
 import math
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types as at
 import pytest
@@ -52,11 +52,24 @@ def kind(field: FieldInfo) -> str:
         return "choice"
     if get_origin(annotation) is list and get_origin(get_args(annotation)[0]) is Literal:
         return "list"
+    if (get_origin(annotation) is list and get_origin(get_args(annotation)[0]) is Annotated
+            and get_args(get_args(annotation)[0])[0] in (int, float)):
+        return "numbers"  # figures.ks / lambdas: a list of numbers, each with the constraints of its item
     if annotation is str:  # data.id_set: a known name or the path of a set
         return "name_or_path"
     if get_origin(annotation) in (Union, UnionType) and {get_origin(a) for a in get_args(annotation)} == {Literal, list}:
         return "choice_or_list"  # data.ood_sets: a suite or a list of names / paths
     raise AssertionError(f"no test cases for a key of type {annotation}; add them to {__file__}")
+
+
+def item_type(field: FieldInfo) -> type:
+    """int or float: the type of a numbers key's items."""
+    return get_args(get_args(field.annotation)[0])[0]
+
+
+def item_limits(field: FieldInfo) -> dict[str, Any]:
+    """The constraints of a numbers key's items (pydantic keeps them in the item's Annotated metadata)."""
+    return limits(get_args(field.annotation)[0].__metadata__[0])
 
 
 def choices(field: FieldInfo) -> tuple:
@@ -66,6 +79,8 @@ def choices(field: FieldInfo) -> tuple:
             return tuple(BUILTIN_ID_SETS)
         case "choice_or_list":
             return tuple(c for a in get_args(annotation) if get_origin(a) is Literal for c in get_args(a))
+        case "numbers":
+            return ()
     return get_args(get_args(annotation)[0] if get_origin(annotation) is list else annotation)
 
 
@@ -94,6 +109,16 @@ def in_range(value: float, bounds: dict[str, Any]) -> bool:
             and ("lt" not in bounds or value < bounds["lt"]) and ("le" not in bounds or value <= bounds["le"]))
 
 
+def number_is_valid(annotation: type, bounds: dict[str, Any], value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    if annotation is int and isinstance(value, float) and not value.is_integer():
+        return False
+    return in_range(value, bounds)
+
+
 def valid_by_field(field: FieldInfo, value: Any) -> bool:
     """Whether ``value`` satisfies the field's own type and constraints (not the rules across keys)."""
     bounds = limits(field)
@@ -114,6 +139,10 @@ def valid_by_field(field: FieldInfo, value: Any) -> bool:
             return (isinstance(value, list) and all(isinstance(v, str) and v in choices(field) for v in value)
                     and len(value) >= bounds.get("min_length", 0) and len(value) <= bounds.get("max_length", 1 << 62)
                     and len(set(value)) == len(value))
+        case "numbers":
+            return (isinstance(value, list) and len(value) >= bounds.get("min_length", 0)
+                    and len(set(map(repr, value))) == len(value)
+                    and all(number_is_valid(item_type(field), item_limits(field), v) for v in value))
         case "name_or_path":  # an existing path is only valid with the ID layout: tested in test_id_sets.py
             return isinstance(value, str) and value in choices(field)
         case "choice_or_list":
@@ -160,6 +189,10 @@ def fixed_values(field: FieldInfo, default: Any) -> list[Any]:
             names = list(choices(field))
             return [[], [names[0]], [names[0], names[0]], [*default, default[0]], names, ["no_such_item"],
                     [names[0], 3], names[0], 0, None, [[names[0]]]]
+        case "numbers":
+            edges = [b + d for b in item_limits(field).values() for d in (-1, 0, 1)]
+            return [[], default, [default[0], default[0]], [*default, *edges], [1, float("nan")], [float("inf")],
+                    [True], ["many"], [[1]], 1, None, "text", [10**400], [0.5, 1.5]]
         case "name_or_path":
             return [*choices(field), "no_such_set", "./no/such/folder", "missing.tar", 0, True, *wrong_types]
         case "choice_or_list":
@@ -229,6 +262,8 @@ def other_cases(draw):
     names = list(choices(field)) or [True, False]
     if kind(field) == "choice_or_list":
         names += list(names_listed(field))
+    if kind(field) == "numbers":
+        names = [0, 1, 2, 3, -1, 0.5, 2.5, 1e300, float("nan")]
     value = draw(st.one_of(st.sampled_from(names), st.lists(st.sampled_from(names), max_size=6),
                            st.text(max_size=8), st.integers(), st.none(),
                            st.lists(st.one_of(st.sampled_from(names), st.text(max_size=4)), max_size=4)))

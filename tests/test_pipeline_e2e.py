@@ -28,7 +28,7 @@ def test_full_pipeline_produces_metrics_and_plots(tiny_project):
     assert metrics["near_mean"] == metrics["tinyimagenet_part"]
     assert json.loads((tiny_project / "metrics" / "classifier.json").read_text())["test_accuracy"] > 30
     for plot in ("generator/recon.png", "ood_synth/samples.png", "eval/roc.png", "eval/score_histograms.png",
-                 "eval/roc/icons.csv"):
+                 "eval/roc/icons.csv", "paper/fig3_k.png", "paper/fig4_lambda.png"):
         assert (tiny_project / "plots" / plot).stat().st_size > 0
     status = run(["dvc", "status"], tiny_project).stdout
     assert "up to date" in status
