@@ -10,7 +10,7 @@ from dmr_core.data.artifacts import open_zarr
 from dmr_core.nets.generator import decode_to_images, load_generator
 from dmr_core.params import Params
 from dmr_core.plotting import save_image_grid
-from dmr_core.synthesis.figures import fixed_sources, k_sweep, lambda_sweep
+from dmr_core.synthesis.figures import feasible_ks, fixed_sources, k_sweep, lambda_sweep
 
 from ._common import read_image_set, run
 
@@ -26,18 +26,19 @@ def main(params: Params, train: Path, latents: Path, class_means: Path, generato
     def decode(batch: np.ndarray) -> np.ndarray:
         return decode_to_images(model, batch.astype(np.float32), batch_size=len(batch))
 
-    sources = fixed_sources(labels, max(max(p.ks), p.fixed_k), p.columns, p.seed)
+    classes = len(np.unique(labels))
+    ks, fixed_k = feasible_ks(p.ks, classes), min(p.fixed_k, classes)
+    sources = fixed_sources(labels, max(ks + [fixed_k]), p.columns, p.seed)
     first = [("first source (real)", images[sources[:, 0]])]
-    rows = [(f"k = {k}", decode(mixed)) for k, mixed in zip(p.ks, k_sweep(latent_array, labels, means, p.ks,
-                                                                          p.fixed_lambda, sources))]
+    rows = [(f"k = {k}", decode(mixed)) for k, mixed in zip(ks, k_sweep(latent_array, labels, means, ks,
+                                                                        p.fixed_lambda, sources))]
     save_image_grid(first + rows, plots / "fig3_k.png", ncols=p.columns,
                     title=f"Figure 3: eq. 7 as k grows (λ = {p.fixed_lambda}; column j mixes its first k sources)")
-    columns = sources[:, :p.fixed_k]
-    rows = [(f"λ = {lam:g}", decode(mixed)) for lam, mixed in zip(p.lambdas, lambda_sweep(latent_array, labels, means,
-                                                                                         p.lambdas, columns))]
+    rows = [(f"λ = {lam:g}", decode(mixed)) for lam, mixed in zip(p.lambdas, lambda_sweep(
+        latent_array, labels, means, p.lambdas, sources[:, :fixed_k]))]
     save_image_grid(first + rows, plots / "fig4_lambda.png", ncols=p.columns,
-                    title=f"Figure 4: eq. 7 as λ grows (k = {p.fixed_k} sources per column)")
-    print(f"figures: {len(p.ks)} k rows and {len(p.lambdas)} λ rows of {p.columns} images")
+                    title=f"Figure 4: eq. 7 as λ grows (k = {fixed_k} sources per column)")
+    print(f"figures: {len(ks)} k rows and {len(p.lambdas)} λ rows of {p.columns} images")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dmr_core.synthesis.figures import fixed_sources, k_sweep, lambda_sweep
+from dmr_core.synthesis.figures import feasible_ks, fixed_sources, k_sweep, lambda_sweep
 
 
 @pytest.fixture
@@ -40,3 +40,7 @@ def test_lambda_rows_scale_one_mix(toy):
     one, three = lambda_sweep(latents, labels, means, [1.0, 3.0], sources)
     np.testing.assert_allclose(three, 3 * one, rtol=1e-6)
     assert not np.allclose(one, 0)
+
+
+def test_rows_with_more_sources_than_classes_are_left_out():
+    assert feasible_ks([1, 2, 3, 4, 5], 3) == [1, 2, 3] and feasible_ks([5], 10) == [5]

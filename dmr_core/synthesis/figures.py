@@ -10,6 +10,12 @@ import numpy as np
 from .latent_mixing import mix_latents, sample_sources
 
 
+def feasible_ks(ks: Sequence[int], num_classes: int) -> list[int]:
+    """The rows a figure can show: k sources come from k distinct classes, so k above the class count is left out
+    (a figure illustrates; it should not stop a run on a 3-class set)."""
+    return [k for k in ks if k <= num_classes]
+
+
 def fixed_sources(labels: np.ndarray, k: int, columns: int, seed: int) -> np.ndarray:
     """``columns`` × ``k`` source indices, the k of a column from k distinct classes (as the synthesis draws them);
     a figure's row with k' ≤ k mixes the first k' of them."""
