@@ -15,7 +15,7 @@ from ._common import id_split_path, ood_set_path, read_image_set, run
 
 
 def main(params: Params, datasets: Path, classifier: Path, out: Path) -> None:
-    model = load_classifier(classifier)
+    model = load_classifier(classifier, params.features.layer)
     sets = {"id_train": id_split_path(datasets, "train"), "id_test": id_split_path(datasets, "test")}
     sets.update({f"ood/{name}": ood_set_path(datasets, name) for name in params.data.ood_sets})
     with atomic_output(out) as tmp:

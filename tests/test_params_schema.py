@@ -50,11 +50,17 @@ def kind(field: FieldInfo) -> str:
         return "choice"
     if get_origin(annotation) is list and get_origin(get_args(annotation)[0]) is Literal:
         return "list"
+    if annotation is str:
+        return "text"
+    if annotation == (str | None):
+        return "optional text"
     raise AssertionError(f"no test cases for a key of type {annotation}; add them to {__file__}")
 
 
 def choices(field: FieldInfo) -> tuple:
     annotation = field.annotation
+    if kind(field) in ("text", "optional text"):  # free names, checked against what they name
+        return ()
     return get_args(get_args(annotation)[0] if get_origin(annotation) is list else annotation)
 
 
@@ -92,6 +98,10 @@ def valid_by_field(field: FieldInfo, value: Any) -> bool:
             return (isinstance(value, list) and all(isinstance(v, str) and v in choices(field) for v in value)
                     and len(value) >= bounds.get("min_length", 0) and len(value) <= bounds.get("max_length", 1 << 62)
                     and len(set(value)) == len(value))
+        case "text":
+            return isinstance(value, str) and len(value) >= bounds.get("min_length", 0)
+        case "optional text":
+            return value is None or isinstance(value, str)
     raise AssertionError(kind(field))
 
 
@@ -131,6 +141,10 @@ def fixed_values(field: FieldInfo, default: Any) -> list[Any]:
             names = list(choices(field))
             return [[], [names[0]], [names[0], names[0]], [*default, default[0]], names, ["no_such_item"],
                     [names[0], 3], names[0], 0, None, [[names[0]]]]
+        case "text" | "optional text":
+            # a default, names that do not exist, paths outside the project and non-strings
+            return [default, "", "no_such_name", "a.b.c", "x" * 300, "/abs/path", "../up", 0, True, 1.5, None,
+                    ["x"], {"a": 1}]
     raise AssertionError(kind(field))
 
 
