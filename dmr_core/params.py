@@ -10,14 +10,13 @@ Besides each key's own range, the checks cover what the params determine togethe
 from __future__ import annotations
 
 import dataclasses
-import functools
+import os
 import reprlib
 import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -33,7 +32,8 @@ from .data.datasets import (
 )
 from .detectors.posthoc import DETECTORS
 from .errors import DataError, ParamsError
-from .nets.classifier import ARCHITECTURES, PRETRAINED_FILES
+from .nets.classifier import ARCH_NAMES, PRETRAINED_FILES, TORCHVISION_PREFIX, architecture_layout
+from .nets.classifier_base import AUTO_LAYER
 from .nets.features import REPRESENTATIONS
 from .nets.generator import GENERATOR_KINDS
 from .synthesis.detail import DETAIL_KINDS
@@ -47,6 +47,8 @@ MAX_SEED = 2**32 - 1
 # The variants that edit distinct ID training images, one per synthesised image.
 TRAINING_IMAGE_VARIANTS = ("kirby", "dmr_kirby")
 OodSuite = Literal[("auto", *OOD_SUITES)]
+# The detectors that compute logits from the stored feature map (they rectify or prune it first).
+FEATURE_MAP_LOGIT_DETECTORS = tuple(name for name, spec in DETECTORS.items() if spec.representation == "feature_map")
 DetectorName = Literal[tuple(DETECTORS)]
 LambdaDistribution = Literal[LAMBDA_DISTRIBUTIONS]
 Config = TypeVar("Config")
@@ -157,15 +159,46 @@ class DataParams(_Section):
         return value
 
 
+# Where a user's own classifier checkpoints go: the classifier stage lists this folder as a DVC dependency, so a
+# new content of the file named by classifier.checkpoint re-runs it (a params value cannot name a dependency).
+USER_CHECKPOINT_FOLDER = "models"
+_ARCH_HINT = (f"choose one of {', '.join(n for n in ARCH_NAMES if not n.startswith(TORCHVISION_PREFIX))}, or "
+              f"{TORCHVISION_PREFIX}<name> for a torchvision classification model (list the names with: python -c "
+              "\"import torchvision.models as m; print(m.list_models(module=m))\")")
+
+
 class ClassifierParams(_Section):
-    arch: Literal[tuple(ARCHITECTURES)]
-    init: Literal["pretrained", "scratch"]
+    arch: Literal[ARCH_NAMES]
+    init: Literal["pretrained", "scratch", "checkpoint"]
+    checkpoint: str | None
     epochs: int = Field(ge=0)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     momentum: float = Field(ge=0, lt=1)
     weight_decay: float = Field(ge=0)
     seed: Seed
+
+    @field_validator("arch", mode="before")
+    @classmethod
+    def _known_arch(cls, value: Any) -> Any:
+        # pydantic would list all the torchvision names; say how to see them instead
+        if not (isinstance(value, str) and value in ARCH_NAMES):
+            raise ValueError(f"unknown classifier arch; {_ARCH_HINT}")
+        return value
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_in_the_tracked_folder(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = Path(os.path.normpath(value)).parts
+        if Path(value).is_absolute() or len(parts) < 2 or parts[0] != USER_CHECKPOINT_FOLDER:
+            raise ValueError(f"put the checkpoint in the project's {USER_CHECKPOINT_FOLDER}/ folder and name it "
+                             f"relative to the project root ({USER_CHECKPOINT_FOLDER}/<file>): the classifier stage "
+                             "depends on that folder, so DVC re-runs it when the file changes")
+        if not Path(value).is_file():
+            raise ValueError("no such file (relative paths are taken from the project root)")
+        return value
 
 
 class GeneratorParams(_Section):
@@ -206,6 +239,7 @@ class SynthParams(_Section):
 
 class FeaturesParams(_Section):
     batch_size: int = Field(ge=1)
+    layer: str = Field(min_length=1, description="a module of the classifier, or auto (checked in Params)")
 
 
 class HeadParams(_Section):
@@ -269,13 +303,11 @@ class CombineParams(_Section):
     detector: Literal[(*DETECTORS, "none")]
 
 
-@functools.cache
 def penultimate_size(arch: str) -> int:
-    """Width of ``arch``'s penultimate layer (what ViM and KNN read): the in-features of its last linear layer,
-    read off the architecture table's model built on the meta device (no memory, no weights), so that a new
+    """Width of ``arch``'s penultimate layer (what ViM and KNN read): the in-features of its classification layer,
+    read off the architecture built on the meta device (no memory, no weights, any class count), so that a new
     architecture needs no second table here."""
-    with torch.device("meta"):
-        return ARCHITECTURES[arch](num_classes=NUM_ID_CLASSES).classifier_head().in_features
+    return architecture_layout(arch).penultimate_size
 
 
 def id_train_images(data: DataParams) -> tuple[int, str]:
@@ -335,12 +367,45 @@ def _problems(p: Params) -> Iterator[str]:
             yield (f"{name} = {k}: at most the number of ID classes, {classes} (data.id_set = {p.data.id_set!r}), "
                    "as the k mixed latents or images come from k distinct classes; lower it")
     c = p.classifier
-    if c.init == "pretrained" and c.arch not in PRETRAINED_FILES:
+    if c.init == "pretrained" and c.arch not in PRETRAINED_FILES and not c.arch.startswith(TORCHVISION_PREFIX):
         yield (f"classifier.init = 'pretrained' with classifier.arch = {c.arch!r}: pretrained weights exist for "
-               f"{', '.join(PRETRAINED_FILES)} only; set classifier.init: scratch")
+               f"{', '.join(PRETRAINED_FILES)} and the {TORCHVISION_PREFIX}<name> models only; set classifier.init: "
+               "scratch")
     if c.init == "scratch" and c.epochs == 0:
         yield ("classifier.init = 'scratch' with classifier.epochs = 0 would evaluate an untrained classifier; set "
                "classifier.epochs >= 1")
+    # one key says where the weights come from; a checkpoint beside another init would leave the reader guessing
+    if c.checkpoint is not None and c.init != "checkpoint":
+        yield (f"classifier.checkpoint = {c.checkpoint!r} with classifier.init = {c.init!r}: set classifier.init: "
+               "checkpoint to start from that file, or classifier.checkpoint: null")
+    if c.init == "checkpoint" and c.checkpoint is None:
+        yield ("classifier.init = 'checkpoint' with classifier.checkpoint = None: name your checkpoint file "
+               f"(classifier.checkpoint: {USER_CHECKPOINT_FOLDER}/<file>), or set classifier.init: pretrained or "
+               "scratch")
+
+    # The representation the head reads: a module of the classifier, known from the architecture alone.
+    layout = architecture_layout(c.arch)
+    layer = p.features.layer
+    if layer != AUTO_LAYER and layer not in layout.layers:
+        top = [name for name in layout.layers if "." not in name][-10:]
+        dotted = [name for name in layout.layers if "." in name]
+        example = f" or a submodule such as {dotted[-1]}" if dotted else ""
+        yield (f"features.layer = {layer!r}: {c.arch} has no such module running before its classification layer; "
+               f"use auto ({layout.default_layer}), one of {', '.join(top)}{example}")
+    elif (layout.default_layer if layer == AUTO_LAYER else layer) != layout.pooled_layer:
+        module = layout.default_layer if layer == AUTO_LAYER else layer
+        needing = [d for d in p.baselines.detectors if d in FEATURE_MAP_LOGIT_DETECTORS]
+        needing += [v for v in p.synth_baselines.variants if v in TRAINING_IMAGE_VARIANTS]
+        if needing:
+            yield (f"{', '.join(needing)} compute logits from the feature map (global average, then the "
+                   f"classification layer), which holds for features.layer = {layer!r} (module {module!r}) of "
+                   f"classifier.arch = {c.arch!r} only where that module pools into the classification layer (the "
+                   "built-in architectures with features.layer: auto); drop them from baselines.detectors / "
+                   "synth_baselines.variants or change features.layer")
+    if p.generator.perceptual_weight > 0 and not layout.stage_layers:
+        yield (f"generator.perceptual_weight = {p.generator.perceptual_weight} with classifier.arch = {c.arch!r}: the "
+               "perceptual term compares the classifier's resolution stages, which only the built-in architectures "
+               "name; set generator.perceptual_weight: 0 or use a built-in classifier.arch")
 
     g = p.generator
     cells = GENERATOR_KINDS["spatial_vae"].GRID ** 2

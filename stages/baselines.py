@@ -32,7 +32,7 @@ def main(params: Params, datasets: Path, classifier: Path, features: Path, score
     group = open_features(features)
     ood_sets = list(group.attrs["ood_sets"])
     train = {r: np.asarray(group["id_train"][r][:]) for r in REPRESENTATIONS}
-    detectors = fit_detectors(load_classifier(classifier), train, np.asarray(group["id_train"]["labels"][:]),
+    detectors = fit_detectors(load_classifier(classifier, params.features.layer), train, np.asarray(group["id_train"]["labels"][:]),
                               p.to(PosthocSettings), tuple(p.detectors))
     reference = reference_rows(len(train["logits"]), p.reference_images, p.reference_seed)
 

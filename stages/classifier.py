@@ -1,11 +1,13 @@
-"""Stage classifier: the classifier F (pretrained initialisation + fine-tuning, or from scratch)."""
+"""Stage classifier: the classifier F (pretrained initialisation + fine-tuning, from scratch, or the user's own
+checkpoint, used as given with classifier.epochs: 0), with as many classes as the ID data has."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from dmr_core.data.artifacts import atomic_output, write_json
-from dmr_core.nets.classifier import build_classifier, load_pretrained, save_classifier
+from dmr_core.errors import DataError
+from dmr_core.nets.classifier import file_sha256, initial_classifier, save_classifier
 from dmr_core.params import Params
 from dmr_core.training.classifier import ClassifierTrainingConfig, accuracy, train_classifier
 from dmr_core.training.loop import seed_everything
@@ -15,21 +17,31 @@ from ._common import read_image_set, run
 
 def main(params: Params, train: Path, test: Path, out: Path, metrics: Path) -> None:
     p = params.classifier
-    train_x, train_y, _ = read_image_set(train)
+    train_x, train_y, attrs = read_image_set(train)
     test_x, test_y, _ = read_image_set(test)
+    if not attrs.get("class_names"):
+        raise DataError(f"{train} records no class_names; rebuild the datasets with `dvc repro data`")
+    class_names = [str(name) for name in attrs["class_names"]]
+    if len(train_y) and int(max(train_y.max(), test_y.max())) >= len(class_names):
+        raise DataError(f"labels of {train} or {test} exceed its {len(class_names)} class_names; rebuild the "
+                        "datasets with `dvc repro data`")
+    # the checkpoint's content, recorded with the result (the models/ folder dependency is what re-runs the stage)
+    provenance = ({"checkpoint": p.checkpoint, "checkpoint_sha256": file_sha256(p.checkpoint)}
+                  if p.init == "checkpoint" and p.checkpoint is not None else {})
     seed_everything(p.seed)  # a from-scratch initialisation draws from the global RNG
-    model = load_pretrained(p.arch) if p.init == "pretrained" else build_classifier(p.arch)
-    before = accuracy(model, test_x, test_y) if p.init == "pretrained" else None
+    model = initial_classifier(p.arch, p.init, len(class_names), class_names, p.checkpoint)
+    before = accuracy(model, test_x, test_y) if p.init != "scratch" else None
     history = train_classifier(model, train_x, train_y, p.to(ClassifierTrainingConfig))
     test_accuracy = accuracy(model, test_x, test_y)
     print(f"classifier {p.arch}: test accuracy {test_accuracy:.2f}%"
-          + (f" (before fine-tuning {before:.2f}%)" if before is not None else ""))
+          + (f" (before training {before:.2f}%)" if before is not None else ""))
     with atomic_output(out) as tmp:
-        save_classifier(model, p.arch, tmp, extra={"test_accuracy": test_accuracy})
+        save_classifier(model, p.arch, tmp, extra={"test_accuracy": test_accuracy, **provenance},
+                        class_names=class_names)
     write_json(metrics, {
         "arch": p.arch, "init": p.init, "test_accuracy": round(test_accuracy, 3),
         "test_accuracy_before_training": None if before is None else round(before, 3),
-        "train_loss_per_epoch": [round(v, 4) for v in history],
+        "train_loss_per_epoch": [round(v, 4) for v in history], **provenance,
     })
 
 

@@ -15,7 +15,7 @@ from ._common import id_split_path, ood_set_path, read_image_set, read_sets_inde
 
 
 def main(params: Params, datasets: Path, classifier: Path, out: Path) -> None:
-    model = load_classifier(classifier)
+    model = load_classifier(classifier, params.features.layer)
     sets = {"id_train": id_split_path(datasets, "train"), "id_test": id_split_path(datasets, "test")}
     ood_sets = read_sets_index(datasets)["ood_sets"]
     sets.update({f"ood/{name}": ood_set_path(datasets, name) for name in ood_sets})

@@ -20,7 +20,7 @@ def main(params: Params, features: Path, ood_synth: Path, classifier: Path, out:
     p = params.head
     id_features = np.asarray(open_features(features)["id_train"][p.feature][:])
     synth_images = np.asarray(open_zarr(ood_synth, "the synthesised OOD set (stage ood_synth)")["images"][:])
-    trained = train_head_on_images(load_classifier(classifier), id_features, synth_images, p.feature,
+    trained = train_head_on_images(load_classifier(classifier, params.features.layer), id_features, synth_images, p.feature,
                                    p.to(HeadConfig), params.features.batch_size)
     with torch.inference_mode():
         id_rate = float((trained.head(torch.from_numpy(id_features)) > 0).float().mean()) * 100

@@ -26,7 +26,7 @@ def main(params: Params, variant: str, train: Path, latents: Path, class_means: 
     if variant not in VARIANTS:
         raise ParamsError(f"unknown synthesis variant {variant!r}; choose from {', '.join(VARIANTS)}")
     h = params.head
-    model = load_classifier(classifier)
+    model = load_classifier(classifier, params.features.layer)
     group = open_features(features)
     encoded = open_zarr(latents, "the latents (stage latents)")
     sources = SynthesisSources(

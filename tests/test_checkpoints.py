@@ -23,9 +23,12 @@ def test_shape_mismatch_is_named(tmp_path):
     state = model.state_dict()
     state["linear.weight"] = torch.zeros(100, 64)
     state["linear.bias"] = torch.zeros(100)
-    torch.save({"arch": "resnet20", "state_dict": state}, tmp_path / "c.pt")
+    torch.save({"arch": "resnet20", "num_classes": 10, "state_dict": state}, tmp_path / "c.pt")
     with pytest.raises(CheckpointError, match=r"shape mismatch: linear\.bias \(100,\) vs \(10,\)"):
         load_classifier(tmp_path / "c.pt")
+    # a checkpoint from before class counts were stored takes its count from the classification layer
+    torch.save({"arch": "resnet20", "state_dict": state}, tmp_path / "old.pt")
+    assert load_classifier(tmp_path / "old.pt").classifier_head().out_features == 100
 
 
 def test_truncated_and_foreign_checkpoints_fail_clearly(tmp_path):

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic.fields import FieldInfo
 
-from dmr_core.data.datasets import BUILTIN_ID_SETS, OOD_SET_NAMES, is_path_spec, user_path
+from dmr_core.data.datasets import OOD_SET_NAMES, is_path_spec, user_path
 from dmr_core.params import Params, ParamsError, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,10 +55,12 @@ def kind(field: FieldInfo) -> str:
     if (get_origin(annotation) is list and get_origin(get_args(annotation)[0]) is Annotated
             and get_args(get_args(annotation)[0])[0] in (int, float)):
         return "numbers"  # figures.ks / lambdas: a list of numbers, each with the constraints of its item
-    if annotation is str:  # data.id_set: a known name or the path of a set
-        return "name_or_path"
     if get_origin(annotation) in (Union, UnionType) and {get_origin(a) for a in get_args(annotation)} == {Literal, list}:
         return "choice_or_list"  # data.ood_sets: a suite or a list of names / paths
+    if annotation is str:
+        return "text"
+    if annotation == (str | None):
+        return "optional text"
     raise AssertionError(f"no test cases for a key of type {annotation}; add them to {__file__}")
 
 
@@ -75,11 +77,9 @@ def item_limits(field: FieldInfo) -> dict[str, Any]:
 def choices(field: FieldInfo) -> tuple:
     annotation = field.annotation
     match kind(field):
-        case "name_or_path":
-            return tuple(BUILTIN_ID_SETS)
         case "choice_or_list":
             return tuple(c for a in get_args(annotation) if get_origin(a) is Literal for c in get_args(a))
-        case "numbers":
+        case "numbers" | "text" | "optional text":  # free names, checked against what they name
             return ()
     return get_args(get_args(annotation)[0] if get_origin(annotation) is list else annotation)
 
@@ -143,13 +143,15 @@ def valid_by_field(field: FieldInfo, value: Any) -> bool:
             return (isinstance(value, list) and len(value) >= bounds.get("min_length", 0)
                     and len(set(map(repr, value))) == len(value)
                     and all(number_is_valid(item_type(field), item_limits(field), v) for v in value))
-        case "name_or_path":  # an existing path is only valid with the ID layout: tested in test_id_sets.py
-            return isinstance(value, str) and value in choices(field)
         case "choice_or_list":
             if isinstance(value, str):
                 return value in choices(field)
             return (isinstance(value, list) and len(value) >= 1 and len(set(map(repr, value))) == len(value)
                     and all(isinstance(v, str) and (v in names_listed(field) or existing_set_path(v)) for v in value))
+        case "text":
+            return isinstance(value, str) and len(value) >= bounds.get("min_length", 0)
+        case "optional text":
+            return value is None or isinstance(value, str)
     raise AssertionError(kind(field))
 
 
@@ -193,12 +195,14 @@ def fixed_values(field: FieldInfo, default: Any) -> list[Any]:
             edges = [b + d for b in item_limits(field).values() for d in (-1, 0, 1)]
             return [[], default, [default[0], default[0]], [*default, *edges], [1, float("nan")], [float("inf")],
                     [True], ["many"], [[1]], 1, None, "text", [10**400], [0.5, 1.5]]
-        case "name_or_path":
-            return [*choices(field), "no_such_set", "./no/such/folder", "missing.tar", 0, True, *wrong_types]
         case "choice_or_list":
             names = list(names_listed(field))
             return [*choices(field), "no_such_suite", [], [names[0]], [names[0], names[0]], names,
                     ["no_such_item"], ["./no/such/folder"], [names[0], 3], 0, None, [[names[0]]], *wrong_types]
+        case "text" | "optional text":
+            # a default, names that do not exist, paths outside the project and non-strings
+            return [default, "", "no_such_name", "a.b.c", "x" * 300, "/abs/path", "../up", 0, True, 1.5, None,
+                    ["x"], {"a": 1}]
     raise AssertionError(kind(field))
 
 

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from ..device import place_images, place_model, resolve_device
 from ..evaluation.metrics import evaluate_scores
 from ..images import to_float_images
-from ..nets.classifier import CifarClassifier
+from ..nets.classifier_base import Classifier
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class FittedDetector:
 class FitContext:
     """What a detector may fit on: the classifier and its ID-training representations and labels."""
 
-    model: CifarClassifier
+    model: Classifier
     train: dict[str, np.ndarray]
     labels: Tensor
     settings: PosthocSettings
@@ -84,8 +84,9 @@ class FitContext:
         return self.model.classifier_head().bias.detach()
 
     def pooled_head(self, feature_maps: Tensor) -> Tensor:
-        """F's logits from its last feature map (what ReAct and ASH rectify or prune before)."""
-        return self.model.classifier_head()(self.model.penultimate(feature_maps))
+        """F's logits from its last feature map (what ReAct and ASH rectify or prune before); a one-line error
+        where the stored feature map does not pool into the classification layer."""
+        return self.model.logits_from_feature_map(feature_maps)
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ DETECTORS: dict[str, DetectorSpec] = {
 
 
 def fit_detectors(
-    model: CifarClassifier, train: dict[str, np.ndarray], train_labels: np.ndarray, settings: PosthocSettings,
+    model: Classifier, train: dict[str, np.ndarray], train_labels: np.ndarray, settings: PosthocSettings,
     names: tuple[str, ...] = tuple(DETECTORS), device: torch.device | None = None,
 ) -> list[FittedDetector]:
     """Build and fit the named detectors on the ID training representations. The detectors that read stored

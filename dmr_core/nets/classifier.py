@@ -1,27 +1,36 @@
-"""The frozen CIFAR classifier F: CIFAR ResNets (He et al. 2016, option-A shortcuts) and WRN-40-2.
+"""The classifier F: which architectures there are, and how one is initialised, saved and loaded.
 
-Every classifier takes images in [0, 1] (N×3×32×32), normalises them itself, and exposes the three
-representations the rejection head and the post-hoc detectors read: ``feature_map`` (the last
-convolutional feature map, the paper's head input), ``penultimate`` (its global average) and ``logits``.
-The ResNets are state-dict compatible with the akamaster/pytorch_resnet_cifar10 checkpoints.
+Architectures: the CIFAR ResNets and WRN-40-2 (``cifar_nets``; the ResNets with published CIFAR-10 weights),
+ResNet-50 and DenseNet-121 with a CIFAR stem, and any torchvision classification model as
+``torchvision:<name>`` (``torchvision_nets``). Every one is built with the ID data's class count and exposes
+``representations()`` (``classifier_base``). A checkpoint of this project stores ``arch``, ``num_classes`` and
+``class_names`` beside the state dict of the architecture's own module (:meth:`Classifier.core`).
 """
 
 from __future__ import annotations
 
-import copy
+import functools
 import hashlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
-from torch.nn import functional as nnf
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch import Tensor
 
 from ..errors import CheckpointError
 from .checkpoints import load_checkpoint, load_state_dict_checked, save_checkpoint
+from .cifar_nets import RESNET_DEPTHS, CifarResNet, WideResNet, cifar_densenet121, cifar_resnet50
+from .classifier_base import AUTO_LAYER, IMAGE_MEAN, IMAGE_STD, Classifier
+from .hooks import on_meta, trace_layers
+from .torchvision_nets import PREFIX as TORCHVISION_PREFIX
+from .torchvision_nets import build_torchvision, torchvision_names
+
+# Older code names the base class by its first architectures.
+CifarClassifier = Classifier
+__all__ = ["AUTO_LAYER", "IMAGE_MEAN", "IMAGE_STD", "CifarClassifier", "CifarResNet", "Classifier", "WideResNet"]
 
 PRETRAINED_FILES = {
     "resnet20": "resnet20-12fca82f.th",
@@ -30,173 +39,50 @@ PRETRAINED_FILES = {
     "resnet56": "resnet56-4bfd9763.th",
 }
 PRETRAINED_URL = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/{}"
-RESNET_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9}
-# The normalisation the pretrained ResNets were trained with.
-IMAGE_MEAN = (0.485, 0.456, 0.406)
-IMAGE_STD = (0.229, 0.224, 0.225)
+# the class count of the published CIFAR-10 weights
+PRETRAINED_CLASSES = 10
 
-
-class CifarClassifier(nn.Module):
-    """Base class: normalisation plus the split into feature map → penultimate → logits."""
-
-    feature_channels: int
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
-
-    def normalise(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
-
-    def feature_map(self, x: Tensor) -> Tensor:
-        """Last convolutional feature map (N×C×8×8) of images in [0, 1]."""
-        raise NotImplementedError
-
-    def classifier_head(self) -> nn.Linear:
-        raise NotImplementedError
-
-    def for_inference(self) -> CifarClassifier:
-        """A frozen copy for scoring (eval mode, no parameter gradients) that computes the same function up to
-        float rounding, with every BatchNorm that directly follows a convolution folded into that convolution's
-        weights. Subclasses fold what their layout allows; here nothing is folded."""
-        return copy.deepcopy(self).eval().requires_grad_(False)
-
-    @staticmethod
-    def penultimate(feature_map: Tensor) -> Tensor:
-        return nnf.adaptive_avg_pool2d(feature_map, 1).flatten(1)
-
-    def logits_from_penultimate(self, penultimate: Tensor) -> Tensor:
-        return self.classifier_head()(penultimate)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.logits_from_penultimate(self.penultimate(self.feature_map(x)))
-
-
-class _BasicBlockA(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.pad = planes // 4 if (stride != 1 or in_planes != planes) else 0
-
-    def shortcut(self, x: Tensor) -> Tensor:
-        if self.pad == 0:
-            return x
-        # Option A: subsample and zero-pad channels, no parameters (as in the pretrained files).
-        return nnf.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = nnf.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return nnf.relu(out + self.shortcut(x))
-
-
-class CifarResNet(CifarClassifier):
-    """ResNet-(6n+2) for 32×32 inputs; keys conv1, bn1, layer1..3, linear as in the pretrained files."""
-
-    feature_channels = 64
-
-    def __init__(self, blocks_per_stage: int, num_classes: int = 10) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        stages, in_planes = [], 16
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
-            blocks = []
-            for i in range(blocks_per_stage):
-                blocks.append(_BasicBlockA(in_planes, planes, stride if i == 0 else 1))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
-        self.linear = nn.Linear(64, num_classes)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight)
-
-    def feature_map(self, x: Tensor) -> Tensor:
-        out = nnf.relu(self.bn1(self.conv1(self.normalise(x))))
-        return self.layer3(self.layer2(self.layer1(out)))
-
-    def for_inference(self) -> CifarResNet:
-        """Every conv → BN pair folded into one convolution (``fuse_conv_bn_eval``): scoring on this
-        project's CPUs ran about 9 % faster side by side, and the outputs differ only by float rounding."""
-        folded = copy.deepcopy(self).eval().requires_grad_(False)
-        pairs = [(folded, "conv1", "bn1")] + [
-            (block, f"conv{i}", f"bn{i}")
-            for stage in (folded.layer1, folded.layer2, folded.layer3) for block in stage for i in (1, 2)
-        ]
-        for owner, conv, bn in pairs:
-            setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
-            setattr(owner, bn, nn.Identity())
-        return folded
-
-    def classifier_head(self) -> nn.Linear:
-        return self.linear
-
-
-class _WideBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.shortcut = (
-            nn.Conv2d(in_planes, planes, 1, stride, 0, bias=False)
-            if (stride != 1 or in_planes != planes) else None
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        o = nnf.relu(self.bn1(x))
-        y = self.conv1(o)
-        y = self.conv2(nnf.relu(self.bn2(y)))
-        return y + (x if self.shortcut is None else self.shortcut(o))
-
-
-class WideResNet(CifarClassifier):
-    """WRN-depth-width (Zagoruyko & Komodakis 2016); WRN-40-2 is the paper's classifier."""
-
-    def __init__(self, depth: int = 40, width: int = 2, num_classes: int = 10) -> None:
-        super().__init__()
-        n = (depth - 4) // 6
-        widths = [16, 16 * width, 32 * width, 64 * width]
-        self.feature_channels = widths[3]
-        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
-        blocks, in_planes = [], widths[0]
-        for planes, stride in zip(widths[1:], (1, 2, 2)):
-            for i in range(n):
-                blocks.append(_WideBlock(in_planes, planes, stride if i == 0 else 1))
-                in_planes = planes
-        self.blocks = nn.Sequential(*blocks)
-        self.bn = nn.BatchNorm2d(widths[3])
-        self.fc = nn.Linear(widths[3], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
-
-    def feature_map(self, x: Tensor) -> Tensor:
-        return nnf.relu(self.bn(self.blocks(self.conv1(self.normalise(x)))))
-
-    def classifier_head(self) -> nn.Linear:
-        return self.fc
-
-
-ARCHITECTURES: dict[str, Callable[[int], CifarClassifier]] = {
+ARCHITECTURES: dict[str, Callable[..., Classifier]] = {
     **{arch: partial(CifarResNet, depth) for arch, depth in RESNET_DEPTHS.items()},
     "wrn40_2": partial(WideResNet, 40, 2),
+    "resnet50": cifar_resnet50,
+    "densenet121": cifar_densenet121,
 }
+# every value classifier.arch may take
+ARCH_NAMES: tuple[str, ...] = (*ARCHITECTURES, *(TORCHVISION_PREFIX + name for name in torchvision_names()))
 
 
-def build_classifier(arch: str, num_classes: int = 10) -> CifarClassifier:
-    """A freshly initialised classifier of the named architecture."""
+def build_classifier(arch: str, num_classes: int = 10) -> Classifier:
+    """A freshly initialised classifier of the named architecture with ``num_classes`` outputs."""
+    if arch.startswith(TORCHVISION_PREFIX):
+        return build_torchvision(arch.removeprefix(TORCHVISION_PREFIX), num_classes)
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown classifier arch {arch!r}; choose from {list(ARCHITECTURES)}")
+        raise ValueError(f"unknown classifier arch {arch!r}; choose from {list(ARCHITECTURES)} or torchvision:<name>")
     return ARCHITECTURES[arch](num_classes=num_classes)
+
+
+@dataclass(frozen=True)
+class ArchitectureLayout:
+    """What the params and the loaders need to know about an architecture, without building its weights."""
+
+    head: str                          # the classification layer's module name (in ``core()``)
+    default_layer: str                 # features.layer: auto
+    pooled_layer: str | None           # see Classifier.pooled_layer
+    layers: tuple[str, ...]            # modules with a tensor output that run before the head: valid features.layer
+    penultimate_size: int
+    stage_layers: tuple[str, ...]
+
+
+@functools.cache
+def architecture_layout(arch: str) -> ArchitectureLayout:
+    """``arch`` built on the meta device (no memory, no weights; any class count) and run once on a meta
+    32×32 image, so that a new architecture needs no second table in the params."""
+    model = on_meta(lambda: build_classifier(arch, num_classes=2)).eval()
+    core = model.core()
+    trace = trace_layers(core, lambda: model(torch.empty(1, 3, 32, 32, device="meta")))
+    head = next(name for name, module in core.named_modules() if module is model.classifier_head())
+    return ArchitectureLayout(head, model.default_layer, model.pooled_layer, trace.before_head,
+                              model.classifier_head().in_features, model.stage_layers())
 
 
 def _env_folder(variable: str) -> Path | None:
@@ -242,8 +128,16 @@ def pretrained_path(arch: str) -> Path:
     return cache / name
 
 
-def load_pretrained(arch: str) -> CifarClassifier:
-    """A classifier initialised from the published CIFAR-10 weights."""
+def load_pretrained(arch: str, num_classes: int = PRETRAINED_CLASSES) -> Classifier:
+    """A classifier initialised from published weights: the CIFAR-10 files of the CIFAR ResNets, or
+    torchvision's ImageNet weights with a new classification layer of ``num_classes`` outputs."""
+    if arch.startswith(TORCHVISION_PREFIX):
+        return build_torchvision(arch.removeprefix(TORCHVISION_PREFIX), num_classes, pretrained=True)
+    if num_classes != PRETRAINED_CLASSES:
+        raise CheckpointError(
+            f"classifier.init = 'pretrained': the published {arch} weights are CIFAR-10's ({PRETRAINED_CLASSES} "
+            f"classes) but the ID data has {num_classes} classes; set classifier.init: scratch (or start from your "
+            "own weights with classifier.init: checkpoint)")
     model = build_classifier(arch)
     path = pretrained_path(arch)
     payload = load_checkpoint(path)
@@ -252,16 +146,99 @@ def load_pretrained(arch: str) -> CifarClassifier:
     return model
 
 
-def save_classifier(model: CifarClassifier, arch: str, path: str | Path, extra: dict | None = None) -> None:
-    save_checkpoint({"arch": arch, "state_dict": model.state_dict(), **(extra or {})}, path)
+def file_sha256(path: str | Path) -> str:
+    """The content hash recorded with a classifier started from a user's checkpoint (its provenance)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def load_classifier(path: str | Path) -> CifarClassifier:
-    """Load a classifier saved by the classifier stage, in eval mode with frozen parameters."""
+def _state_dict_of(payload: object, path: Path) -> dict[str, Tensor]:
+    """A plain state dict, or the ``state_dict`` entry of a dict (this project's checkpoints, most training
+    scripts'), with DataParallel's ``module.`` prefix removed."""
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else payload
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise CheckpointError(f"classifier.checkpoint {path} holds no state dict (name → tensor); save one with "
+                              "torch.save(model.state_dict(), path)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_user_checkpoint(path: str | Path, arch: str, num_classes: int,
+                         class_names: list[str] | None = None) -> Classifier:
+    """A classifier of ``arch`` with the weights of a user's file (``classifier.checkpoint``), checked against the
+    architecture (keys, shapes) and the ID data (class count; class names where the file records them) before
+    anything trains. Read with ``weights_only=True``: no object in the file is unpickled."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"classifier.checkpoint {path} not found; relative paths are taken from the project root")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a foreign pickle, a truncated file, …
+        detail = " ".join(f"{type(err).__name__}: {err}".split())[:160]
+        raise CheckpointError(f"classifier.checkpoint {path} is not a weights-only torch file ({detail}); save the "
+                              "weights with torch.save(model.state_dict(), path)") from None
+    if isinstance(payload, dict) and isinstance(payload.get("arch"), str) and payload["arch"] != arch:
+        raise CheckpointError(f"classifier.checkpoint {path} is a {payload['arch']} checkpoint but classifier.arch = "
+                              f"{arch!r}; set classifier.arch: {payload['arch']}")
+    state = _state_dict_of(payload, path)
+    head_key = architecture_layout(arch).head + ".weight"
+    if head_key in state and state[head_key].ndim == 2 and state[head_key].shape[0] != num_classes:
+        raise CheckpointError(
+            f"classifier.checkpoint {path}: its classification layer {head_key} has {state[head_key].shape[0]} "
+            f"outputs but the ID data has {num_classes} classes; use a checkpoint trained on these classes")
+    saved_names = payload.get("class_names") if isinstance(payload, dict) else None
+    if class_names is not None and isinstance(saved_names, list) and list(saved_names) != list(class_names):
+        raise CheckpointError(f"classifier.checkpoint {path} was trained on the classes {saved_names} but the ID "
+                              f"data's are {list(class_names)}; use a checkpoint of these classes, in this order")
+    model = build_classifier(arch, num_classes)
+    load_state_dict_checked(model.core(), state, f"classifier.checkpoint {path}")
+    return model
+
+
+def initial_classifier(arch: str, init: str, num_classes: int, class_names: list[str] | None = None,
+                       checkpoint: str | Path | None = None) -> Classifier:
+    """The classifier training starts from (``classifier.init``): published weights, random ones (drawn from the
+    global RNG; seed it first), or the user's ``checkpoint``."""
+    if init == "pretrained":
+        return load_pretrained(arch, num_classes)
+    if init == "scratch":
+        return build_classifier(arch, num_classes)
+    if init == "checkpoint":
+        if checkpoint is None:
+            raise CheckpointError("classifier.init = 'checkpoint' needs classifier.checkpoint: the file to start from")
+        return load_user_checkpoint(checkpoint, arch, num_classes, class_names)
+    raise ValueError(f"unknown classifier init {init!r}; choose pretrained, scratch or checkpoint")
+
+
+def save_classifier(model: Classifier, arch: str, path: str | Path, extra: dict | None = None,
+                    class_names: list[str] | None = None) -> None:
+    """The architecture, its class count and names, and the state dict of :meth:`Classifier.core`."""
+    save_checkpoint({"arch": arch, "num_classes": model.classifier_head().out_features,
+                     "class_names": None if class_names is None else list(class_names),
+                     "state_dict": model.core().state_dict(), **(extra or {})}, path)
+
+
+def load_classifier(path: str | Path, feature_layer: str = AUTO_LAYER) -> Classifier:
+    """Load a classifier saved by the classifier stage, in eval mode with frozen parameters, reading its
+    ``feature_map`` from ``feature_layer`` (``features.layer``). A checkpoint from before class counts were
+    stored gets its count from the classification layer's weight."""
     payload = load_checkpoint(path)
     if not isinstance(payload, dict) or "arch" not in payload or "state_dict" not in payload:
         raise CheckpointError(f"{path} is not a classifier checkpoint of this project (no arch/state_dict)")
-    model = build_classifier(payload["arch"])
-    load_state_dict_checked(model, payload["state_dict"], str(path))
+    arch, state = payload["arch"], payload["state_dict"]
+    if arch not in ARCH_NAMES:
+        raise CheckpointError(f"{path} holds an unknown classifier arch {arch!r}; rebuild it with `dvc repro`")
+    num_classes = payload.get("num_classes")
+    if num_classes is None:
+        head_weight = state.get(architecture_layout(arch).head + ".weight")
+        if head_weight is None:
+            raise CheckpointError(f"{path} has no classification layer weight; rebuild it with `dvc repro`")
+        num_classes = int(head_weight.shape[0])
+    model = build_classifier(arch, int(num_classes))
+    load_state_dict_checked(model.core(), state, str(path))
+    model.set_feature_layer(feature_layer)
     model.eval().requires_grad_(False)
     return model

@@ -1,7 +1,9 @@
 """The frozen classifier's representations of an image set, computed once and read by every detector.
 
-``feature_map`` is the last convolutional feature map N×C×H×W (the paper's head input; stored as float16),
-``penultimate`` its global average N×C, ``logits`` N×classes (both float32).
+``feature_map`` is the output of the module ``features.layer`` (by default the last convolutional feature map
+N×C×H×W, the paper's head input; stored as float16), ``penultimate`` the classification layer's input N×D
+(for the built-in architectures the feature map's global average), ``logits`` N×classes (both float32), all
+read by :meth:`Classifier.representations` in one pass.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ from tqdm import tqdm
 
 from ..device import autocast, batch_loader, place_images, place_model, resolve_device
 from ..images import to_float_images
-from .classifier import CifarClassifier
+from .classifier_base import Classifier
 
 REPRESENTATIONS = ("feature_map", "penultimate", "logits")
 
 
 def extract_features(
-    model: CifarClassifier, images: np.ndarray, batch_size: int = 500, desc: str = "features",
+    model: Classifier, images: np.ndarray, batch_size: int = 500, desc: str = "features",
     device: torch.device | None = None,
 ) -> dict[str, np.ndarray]:
     """Every representation of every image (uint8 N×32×32×3 in), batched."""
@@ -32,10 +34,9 @@ def extract_features(
     for (x,) in tqdm(loader, desc=desc, leave=False):
         with torch.inference_mode():
             with autocast(device):
-                fmap = model.feature_map(place_images(to_float_images(x), device)).float()
-            pen = model.penultimate(fmap)
-            logits = model.logits_from_penultimate(pen)
-        parts = {"feature_map": fmap.half(), "penultimate": pen, "logits": logits}
+                found = model.representations(place_images(to_float_images(x), device))
+        parts = {"feature_map": found["feature_map"].float().half(), "penultimate": found["penultimate"].float(),
+                 "logits": found["logits"].float()}
         if not out:
             out = {k: np.empty((n,) + v.shape[1:], dtype=np.float16 if k == "feature_map" else np.float32)
                    for k, v in parts.items()}

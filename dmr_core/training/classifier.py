@@ -11,7 +11,7 @@ from torch.nn import functional as nnf
 
 from ..device import autocast, batch_loader, place_images, place_model, resolve_device
 from ..images import to_float_images
-from ..nets.classifier import CifarClassifier
+from ..nets.classifier_base import Classifier
 from .loop import BatchLoss, run_epochs, seed_everything
 
 
@@ -44,7 +44,7 @@ def random_crop_flip(images: Tensor, rng: torch.Generator, padding: int = 4) -> 
 
 
 def train_classifier(
-    model: CifarClassifier, images: np.ndarray, labels: np.ndarray, config: ClassifierTrainingConfig,
+    model: Classifier, images: np.ndarray, labels: np.ndarray, config: ClassifierTrainingConfig,
     device: torch.device | None = None,
 ) -> list[float]:
     """SGD (nesterov) with a cosine schedule and crop/flip augmentation; returns the mean loss per epoch.
@@ -71,7 +71,7 @@ def train_classifier(
     return history
 
 
-def predict_logits(model: CifarClassifier, images: np.ndarray, batch_size: int = 500,
+def predict_logits(model: Classifier, images: np.ndarray, batch_size: int = 500,
                    device: torch.device | None = None) -> torch.Tensor:
     device = device or resolve_device()
     place_model(model, device).eval()  # outside inference mode: the weights must stay trainable
@@ -80,7 +80,7 @@ def predict_logits(model: CifarClassifier, images: np.ndarray, batch_size: int =
                           for (x,) in batch_loader(torch.from_numpy(images), batch_size=batch_size)])
 
 
-def accuracy(model: CifarClassifier, images: np.ndarray, labels: np.ndarray, batch_size: int = 500) -> float:
+def accuracy(model: Classifier, images: np.ndarray, labels: np.ndarray, batch_size: int = 500) -> float:
     """Top-1 accuracy in percent."""
     preds = predict_logits(model, images, batch_size).argmax(1).numpy()
     return float((preds == labels).mean() * 100.0)

@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as nnf
 
 from ..device import autocast, batch_loader, resolve_device
-from ..nets.classifier import CifarClassifier
+from ..nets.classifier_base import Classifier
 from ..nets.features import extract_features
 from ..nets.rejection_head import RejectionHead
 from .loop import BatchLoss, run_epochs, seed_everything
@@ -74,7 +74,7 @@ class TrainedHead:
 
 
 def train_head_on_images(
-    classifier: CifarClassifier, id_features: np.ndarray, synth_images: np.ndarray, feature: str,
+    classifier: Classifier, id_features: np.ndarray, synth_images: np.ndarray, feature: str,
     config: HeadConfig, batch_size: int = 500,
 ) -> TrainedHead:
     """F's ``feature`` representation of the synthesised images (uint8 N×32×32×3), then B trained on the ID

@@ -22,18 +22,23 @@ from torch import Tensor, nn
 from torch.nn import functional as nnf
 
 from ..device import place_images, place_model
+from ..errors import ParamsError
 from ..nets.checkpoints import load_checkpoint, save_checkpoint
-from ..nets.classifier import CifarClassifier, CifarResNet, load_classifier
+from ..nets.classifier import load_classifier
+from ..nets.classifier_base import Classifier
 
 UNUSED_MARKER = {"perceptual_net": None}
 
 
-def default_layers(classifier: CifarClassifier) -> tuple[str, ...]:
-    """The output of each resolution stage: layer1..3 of a CIFAR ResNet, the last block of each third of a WRN."""
-    if isinstance(classifier, CifarResNet):
-        return ("layer1", "layer2", "layer3")
-    blocks = len(classifier.blocks)
-    return tuple(f"blocks.{blocks * (i + 1) // 3 - 1}" for i in range(3))
+def default_layers(classifier: Classifier) -> tuple[str, ...]:
+    """The output of each resolution stage: layer1..3 of a CIFAR ResNet, the last block of each third of a WRN,
+    the stages of ResNet-50 / DenseNet-121; a torchvision model names none (params refuse the term for it)."""
+    layers = classifier.stage_layers()
+    if not layers:
+        raise ParamsError(f"the perceptual term needs the classifier's resolution stages, which "
+                          f"{type(classifier.core()).__name__} does not name; set generator.perceptual_weight: 0 "
+                          "or use a built-in classifier.arch")
+    return layers
 
 
 class ClassifierPerceptualLoss(nn.Module):
@@ -42,7 +47,7 @@ class ClassifierPerceptualLoss(nn.Module):
     Running F forward and backward costs about four times a step of the small VAE on a CPU, so only a
     slice of each batch is measured; its gradient is an unbiased estimate of the full batch's."""
 
-    def __init__(self, classifier: CifarClassifier, layers: tuple[str, ...] | None = None,
+    def __init__(self, classifier: Classifier, layers: tuple[str, ...] | None = None,
                  images_per_batch: int = 32) -> None:
         super().__init__()
         if images_per_batch < 1:
@@ -51,7 +56,7 @@ class ClassifierPerceptualLoss(nn.Module):
         self.classifier = place_model(classifier, next(classifier.parameters()).device).eval().requires_grad_(False)
         self.layers = tuple(layers or default_layers(classifier))
         self.images_per_batch = images_per_batch
-        modules = dict(self.classifier.named_modules())
+        modules = dict(self.classifier.core().named_modules())
         missing = [name for name in self.layers if name not in modules]
         if missing:
             raise ValueError(f"the classifier has no module(s) {missing}; choose from {sorted(modules)[:12]}…")
@@ -71,7 +76,7 @@ class ClassifierPerceptualLoss(nn.Module):
 
     def _stage_features(self, images: Tensor) -> list[Tensor]:
         self._activations.clear()
-        self.classifier.feature_map(place_images(images, images.device))
+        self.classifier(place_images(images, images.device))  # only the hooked stage outputs are read
         return [nnf.normalize(self._activations[name].float(), dim=1) for name in self.layers]
 
     def forward(self, reconstructions: Tensor, images: Tensor) -> Tensor:
