@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import typer
 
@@ -157,20 +157,21 @@ def _trained_detector(with_combined: bool, batch_size: int):
 @app.command()
 def score(
     inputs: list[Path] = typer.Argument(..., help="image files, folders (searched recursively) and tar archives"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write the rows to a .csv or .json file (else a table)"),
-    batch_size: int = typer.Option(500, "--batch-size", min=1, help="images per forward pass"),
-    model: Optional[Path] = typer.Option(None, "--model", help="a file from `dmr export` instead of the run"),
+    out: Path | None = typer.Option(None, "--out", help="write the rows to a .csv or .json file (else a table)"),
+    batch_size: int = typer.Option(500, "--batch-size", min=1, help="images per forward pass (as stage features)"),
+    model: Path | None = typer.Option(None, "--model", help="a file from `dmr export` instead of the run"),
     combined: bool = typer.Option(True, "--combined/--no-combined",
                                   help="also the run's combined score (DMR + its post-hoc detector)"),
 ) -> None:
     """Score images with the trained detector: per image its predicted class, confidence, DMR score and OOD
     decision (OOD when the score > the run's threshold, which keeps 95 % of ID test images); also the combined
     score when the run has one. Unreadable files are reported and counted, not fatal."""
+    from stages._common import os_fault_message
+
     from .errors import CheckpointError, DataError
     from .serving.export import ExportedDetector
     from .serving.inputs import list_items
     from .serving.scoring import check_output, format_table, score_items, write_report
-    from stages._common import os_fault_message
 
     try:
         if out is not None:
@@ -198,8 +199,9 @@ def export_model(out: Path = typer.Argument(..., help="the TorchScript file to w
     """Write the trained classifier, rejection head and threshold as one TorchScript file that plain
     `torch.jit.load` reads: forward(uint8 N×32×32×3 or float N×3×32×32 in [0, 1]) → logits, predicted, confidence,
     dmr_score, is_ood."""
-    from .serving.export import INPUT_CONTRACT, export_detector
     from stages._common import os_fault_message
+
+    from .serving.export import INPUT_CONTRACT, export_detector
 
     detector = _trained_detector(with_combined=False, batch_size=500)
     try:

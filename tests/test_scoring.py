@@ -16,8 +16,7 @@ from typer.testing import CliRunner
 from dmr_core import cli
 from dmr_core.data.artifacts import save_zarr
 from dmr_core.detectors.dmr import DMRDetector
-from dmr_core.detectors.posthoc import PosthocSettings, fit_detectors, score_sets, ScoringSet
-from dmr_core.detectors.threshold import ood_threshold
+from dmr_core.detectors.posthoc import PosthocSettings, ScoringSet, fit_detectors, score_sets
 from dmr_core.nets.classifier import build_classifier, save_classifier
 from dmr_core.nets.features import extract_features
 from dmr_core.nets.rejection_head import RejectionHead, save_head
@@ -47,7 +46,8 @@ def images(n: int, seed: int, bright: bool = False) -> np.ndarray:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A trained run's artifacts, written by the library's save functions and stages eval and combine."""
-    from stages import combine, eval as eval_stage
+    from stages import combine
+    from stages import eval as eval_stage
 
     root = tmp_path_factory.mktemp("run")
     classifier = tiny_classifier()
@@ -211,9 +211,9 @@ def test_score_without_a_trained_run_says_so_in_one_line(run, tmp_path, monkeypa
     for command in (["score", str(single), "--out", str(tmp_path / "s.csv")], ["export", str(tmp_path / "m.pt")]):
         result = runner.invoke(cli.app, command)
         assert result.exit_code == 1 and "Traceback" not in result.output
-        assert result.output.strip().splitlines() == [
+        assert result.output.strip().splitlines() == [(
             f"no trained run here: {tmp_path / 'head.pt'} (the rejection head) is missing; run `dvc repro` first to "
-            f"train the detector"]
+            f"train the detector")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # no partial output
 
 

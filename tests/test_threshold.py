@@ -54,13 +54,14 @@ def test_combined_score_from_stored_statistics_equals_the_pipelines():
 
 
 def _features(rng, n_train=60, n=40, d=8):
-    part = lambda rows, shift=0.0: {"penultimate": (rng.normal(size=(rows, d)) + shift).astype(np.float32),  # noqa
+    part = lambda rows, shift=0.0: {"penultimate": (rng.normal(size=(rows, d)) + shift).astype(np.float32),
                                     "labels": np.arange(rows) % 10}
     return {"id_train": part(n_train), "id_test": part(n), "ood": {"icons": part(n, 2.0)}}
 
 
 def test_eval_and_combine_store_thresholds_and_what_new_images_need(tmp_path):
-    from stages import combine, eval as eval_stage
+    from stages import combine
+    from stages import eval as eval_stage
 
     params = load_params(ROOT / "params.yaml")
     rng = np.random.default_rng(0)

@@ -24,7 +24,6 @@ pipeline's up to float rounding of the traced convolutions (see the tests for th
 import json
 import warnings
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -49,7 +48,7 @@ class _Representations(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         fmap = self.model.feature_map(x).float()
         penultimate = self.model.penultimate(fmap)
         return fmap, penultimate, self.model.logits_from_penultimate(penultimate)
@@ -58,7 +57,7 @@ class _Representations(nn.Module):
 class ExportedDMR(nn.Module):
     """Preprocessing, F (traced), B and the threshold in one scripted module (see the module docstring)."""
 
-    class_names: List[str]
+    class_names: list[str]
 
     def __init__(self, representations: nn.Module, head: nn.Sequential, feature: str,
                  threshold: float, class_names: list[str]) -> None:
@@ -70,7 +69,7 @@ class ExportedDMR(nn.Module):
         self.class_names = list(class_names)
 
     @torch.jit.export
-    def classes(self) -> List[str]:
+    def classes(self) -> list[str]:
         return self.class_names
 
     @torch.jit.export
@@ -87,7 +86,7 @@ class ExportedDMR(nn.Module):
             x = images.float().clamp(0.0, 1.0).mul(255.0).round().div(255.0)
         return x.contiguous(memory_format=torch.channels_last)
 
-    def forward(self, images: Tensor) -> Dict[str, Tensor]:
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
         fmap, penultimate, logits = self.representations(self.preprocess(images))
         if self.feature == "feature_map":
             representation = fmap.half().float().flatten(1)  # as extract_features stores it (float16)
@@ -159,7 +158,7 @@ class ExportedDetector:
                 warnings.simplefilter("ignore", FutureWarning)
                 module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
             meta = json.loads(extra[EXTRA_FILE] or "{}")
-        except Exception as err:  # torch raises several types for foreign or truncated files
+        except Exception as err:  # noqa: BLE001 -- torch raises several types for foreign or truncated files
             raise CheckpointError(f"{path} is not an exported DMR model ({type(err).__name__}); write it with "
                                   f"`dmr export`") from None
         if not hasattr(module, "threshold"):

@@ -128,7 +128,7 @@ def read_items(items: Iterable[Item]) -> Iterator[Decoded]:
                     if open_archive is None or open_archive[0] != item.file:
                         if open_archive is not None:
                             open_archive[1].close()
-                        open_archive = (item.file, tarfile.open(item.file))
+                        open_archive = (item.file, tarfile.open(item.file))  # noqa: SIM115 -- closed below
                     if item.member.size > MAX_MEMBER_BYTES:
                         raise UnreadableImage(f"too large ({item.member.size} bytes)")
                     # the header read while listing locates the member's data in this handle of the same file
