@@ -140,3 +140,34 @@ def test_near_and_far_means_follow_the_openood_grouping():
     assert results["far_mean"]["AUROC"] == pytest.approx((results["icons"]["AUROC"] + results["gaussian"]["AUROC"]) / 2,
                                                          abs=1e-3)
     assert "near_mean" not in evaluate_scores(id_scores, {"icons": ood["icons"]})  # no near set: the mean alone
+
+
+def test_predict_on_images_drops_into_pytorch_ood_evaluation():
+    """DMRDetector with the classifier's encoder in pytorch-ood's own loop (OODMetrics over a loader of float
+    images, ID labelled by class, OOD -1) gives the AUROC of our eval path (extract_features → evaluate_head)."""
+    from pytorch_ood.metrics import OODMetrics  # (pytorch_ood.utils in releases before 0.4)
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dmr_core.nets.classifier import build_classifier
+    from dmr_core.nets.encoder import representation_encoder
+    from dmr_core.nets.features import extract_features
+
+    torch.manual_seed(0)
+    classifier = build_classifier("resnet20").eval()
+    head = RejectionHead(64 * 8 * 8, 16).eval()
+    rng = np.random.default_rng(0)
+    id_images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    ood_images = (id_images // 2 + rng.integers(0, 128, (40, 32, 32, 3))).astype(np.uint8)
+    x = torch.from_numpy(np.concatenate([id_images, ood_images])).permute(0, 3, 1, 2).float() / 255
+    y = torch.cat([torch.arange(40) % 10, -torch.ones(40, dtype=torch.long)])
+    detector = DMRDetector(head, encoder=representation_encoder(classifier, "feature_map"))
+    metrics = OODMetrics()
+    for batch, labels in DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True,
+                                    generator=torch.Generator().manual_seed(0)):
+        metrics.update(detector.predict(batch), labels)
+    ours = evaluate_head(head, extract_features(classifier, id_images)["feature_map"],
+                         {"ood": extract_features(classifier, ood_images)["feature_map"]})
+    assert 0 < ours.metrics["ood"]["AUROC"] < 100
+    assert metrics.compute()["AUROC"] * 100 == pytest.approx(ours.metrics["ood"]["AUROC"], abs=1e-3)
+    # per image, the scores are the eval path's (up to the batch-dependent float rounding of the convolutions)
+    np.testing.assert_allclose(detector.predict(x[:40]).numpy(), ours.id_scores, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,270 @@
+"""`dmr score` and `dmr export`: new images scored as the pipeline scores them, on a tiny run built in the test."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import zarr
+from helpers import ROOT
+from PIL import Image
+from typer.testing import CliRunner
+
+from dmr_core import cli
+from dmr_core.data.artifacts import save_zarr
+from dmr_core.detectors.dmr import DMRDetector
+from dmr_core.detectors.posthoc import PosthocSettings, ScoringSet, fit_detectors, score_sets
+from dmr_core.nets.classifier import build_classifier, save_classifier
+from dmr_core.nets.features import extract_features
+from dmr_core.nets.rejection_head import RejectionHead, save_head
+from dmr_core.params import load_params
+from dmr_core.serving.inputs import to_pipeline_image
+
+runner = CliRunner()
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def tiny_classifier(seed: int = 0):
+    """A ResNet-20 with non-trivial BatchNorm statistics, so that folding them changes the weights."""
+    torch.manual_seed(seed)
+    model = build_classifier("resnet20")
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 1.5), m.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def images(n: int, seed: int, bright: bool = False) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (n, 32, 32, 3)) if not bright else rng.integers(200, 256, (n, 32, 32, 3))
+    return base.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A trained run's artifacts, written by the library's save functions and stages eval and combine."""
+    from stages import combine
+    from stages import eval as eval_stage
+
+    root = tmp_path_factory.mktemp("run")
+    classifier = tiny_classifier()
+    save_classifier(classifier, "resnet20", root / "classifier.pt")
+    torch.manual_seed(1)
+    save_head(RejectionHead(64 * 8 * 8, 16), "feature_map", root / "head.pt")
+    sets = {"id_train": images(60, 0), "id_test": images(12, 1), "icons": images(12, 2, bright=True)}
+    labels = np.arange(60) % 10
+    save_zarr(root / "train.zarr", {"images": sets["id_train"], "labels": labels}, attrs={"class_names": CLASSES})
+    reps = {name: extract_features(classifier, x) for name, x in sets.items()}
+    reps["id_train"]["labels"] = labels
+    save_zarr(root / "features.zarr", {"id_train": reps["id_train"], "id_test": reps["id_test"],
+                                       "ood": {"icons": reps["icons"]}}, attrs={"ood_sets": ["icons"]})
+    # the post-hoc scores as stage baselines computes them (the library's fit and scoring path)
+    params = load_params(ROOT / "params.yaml")
+    detectors = fit_detectors(classifier, reps["id_train"], labels, params.baselines.to(PosthocSettings), ("KNN",))
+    reference = np.arange(0, 60, 2)
+    scored, _ = score_sets(detectors, {
+        "id_test": ScoringSet(reps["id_test"], sets["id_test"]), "icons": ScoringSet(reps["icons"], sets["icons"]),
+        "id_train_reference": ScoringSet({k: v[reference] for k, v in reps["id_train"].items()}, None)}, 500)
+    save_zarr(root / "posthoc.zarr", {"reference_indices": reference, **scored})
+    eval_stage.main(params, root / "head.pt", root / "features.zarr", root / "dmr.zarr", root / "eval.json",
+                    root / "plots")
+    combine.main(params, root / "dmr.zarr", root / "posthoc.zarr", root / "head.pt", root / "features.zarr",
+                 root / "combined.zarr", root / "combined.json")
+    commands = {
+        "classifier": f"python -m stages.classifier --train {root / 'train.zarr'} --out {root / 'classifier.pt'}",
+        "features": f"python -m stages.features --classifier {root / 'classifier.pt'} --out {root / 'features.zarr'}",
+        "eval": f"python -m stages.eval --head {root / 'head.pt'} --scores {root / 'dmr.zarr'}",
+        "combine": f"python -m stages.combine --features {root / 'features.zarr'} --scores {root / 'combined.zarr'}",
+    }
+    return root, commands, sets
+
+
+@pytest.fixture
+def use_run(run, monkeypatch):
+    monkeypatch.setattr(cli, "pipeline_commands", lambda: run[1])
+    return run
+
+
+def _png(array: np.ndarray, mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_score_reproduces_the_pipelines_scores_of_the_same_images(use_run, tmp_path):
+    """Lossless files of the ID-test images: DMR and combined scores equal what stages eval and combine stored."""
+    root, _, sets = use_run
+    folder = tmp_path / "id_test"
+    folder.mkdir()
+    for i, image in enumerate(sets["id_test"]):
+        (folder / f"{i:02d}.png").write_bytes(_png(image))
+    result = runner.invoke(cli.app, ["score", str(folder), "--out", str(tmp_path / "scores.csv")])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(tmp_path / "scores.csv")
+    assert list(rows.columns) == ["path", "predicted_class", "confidence", "dmr_score", "is_ood", "combined_score",
+                                  "combined_is_ood", "error"]
+    dmr = zarr.open_group(str(root / "dmr.zarr"), mode="r")
+    combined = zarr.open_group(str(root / "combined.zarr"), mode="r")
+    np.testing.assert_array_equal(rows["dmr_score"].to_numpy(np.float32), dmr["id_test"][:])
+    np.testing.assert_allclose(rows["combined_score"], combined["id_test"][:], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(rows["is_ood"], dmr["id_test"][:] > dmr.attrs["threshold"])
+    np.testing.assert_array_equal(rows["combined_is_ood"], combined["id_test"][:] > combined.attrs["threshold"])
+    logits = extract_features(tiny_classifier(), sets["id_test"])["logits"]
+    assert list(rows["predicted_class"]) == [CLASSES[i] for i in logits.argmax(1)]
+    np.testing.assert_allclose(rows["confidence"], torch.softmax(torch.from_numpy(logits), 1).max(1).values,
+                               rtol=1e-6)
+    assert "scored 12 image(s)" in result.output and "0 unreadable" in result.output
+
+
+def _mixed_inputs(tmp_path):
+    """A folder (nested) of images of mixed sizes and modes, a text file and a corrupt PNG; a tar; a single file."""
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "big.jpg").write_bytes(_jpeg(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)))
+    (folder / "sub" / "gray.png").write_bytes(_png(rng.integers(0, 256, (40, 32, 3), dtype=np.uint8), "L"))
+    (folder / "sub" / "rgba.png").write_bytes(_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "RGBA"))
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "corrupt.png").write_bytes(_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))[:60])
+    archive = tmp_path / "more.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, payload in (("a/p.png", _png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "P")),
+                              ("b.bmp", _bmp(rng.integers(0, 256, (20, 50, 3), dtype=np.uint8)))):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    single = tmp_path / "single.png"
+    single.write_bytes(_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)))
+    return folder, archive, single
+
+
+def _jpeg(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _bmp(array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="BMP")
+    return buffer.getvalue()
+
+
+def test_score_folder_tar_and_files_to_json_counting_unreadable(use_run, tmp_path):
+    folder, archive, single = _mixed_inputs(tmp_path)
+    out = tmp_path / "scores.json"
+    result = runner.invoke(cli.app, ["score", str(folder), str(archive), str(single), "--out", str(out),
+                                     "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    rows = {row["path"]: row for row in payload["images"]}
+    assert list(rows) == [str(folder / "big.jpg"), str(folder / "corrupt.png"), str(folder / "notes.txt"),
+                          str(folder / "sub" / "gray.png"), str(folder / "sub" / "rgba.png"),
+                          f"{archive}:a/p.png", f"{archive}:b.bmp", str(single)]
+    assert rows[str(folder / "notes.txt")]["error"] == "not an image"
+    assert rows[str(folder / "corrupt.png")]["error"].startswith(("corrupt image", "not an image"))
+    assert rows[str(folder / "notes.txt")]["dmr_score"] is None
+    good = [row for row in payload["images"] if row["error"] is None]
+    assert len(good) == 6 and all(row["predicted_class"] in CLASSES and 0 < row["confidence"] <= 1 for row in good)
+    threshold = payload["model"]["threshold"]
+    assert all(row["is_ood"] == (row["dmr_score"] > threshold) for row in good)
+    assert payload["summary"] == {"scored": 6, "ood": sum(r["is_ood"] for r in good),
+                                  "combined_ood": sum(r["combined_is_ood"] for r in good), "unreadable": 2}
+    assert f"unreadable: {folder / 'notes.txt'}: not an image" in result.output
+    assert "2 unreadable" in result.output
+    # the image decoded and resized by the data stage's rule, scored alone, gives the same score (up to the float
+    # rounding that depends on the batch a convolution sees)
+    from dmr_core.serving.detector import TrainedDetector
+    from dmr_core.serving.run import run_artifacts
+
+    detector = TrainedDetector.load(run_artifacts(use_run[1]))
+    rgb = Image.open(folder / "big.jpg")
+    np.testing.assert_allclose(detector.score(np.stack([to_pipeline_image(rgb)]))["dmr_score"][0],
+                               rows[str(folder / "big.jpg")]["dmr_score"], rtol=1e-4)
+
+
+def test_pipeline_size_rule_leaves_32_pixel_rgb_untouched_and_crops_others():
+    image = images(1, 9)[0]
+    assert np.array_equal(to_pipeline_image(Image.fromarray(image)), image)
+    wide = to_pipeline_image(Image.fromarray(np.zeros((40, 100, 3), np.uint8)).convert("L"))
+    assert wide.shape == (32, 32, 3) and wide.dtype == np.uint8
+
+
+def test_score_prints_a_table_without_out(use_run, tmp_path):
+    _, archive, single = _mixed_inputs(tmp_path)
+    result = runner.invoke(cli.app, ["score", str(single), str(archive), "--no-combined"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split() == ["path", "predicted_class", "confidence", "dmr_score", "is_ood", "error"]
+    assert len(lines) == 4 and lines[1].startswith(str(single)) and lines[3].startswith(f"{archive}:b.bmp")
+    assert "scored 3 image(s)" in result.output
+
+
+def test_score_without_a_trained_run_says_so_in_one_line(run, tmp_path, monkeypatch):
+    commands = {**run[1], "eval": f"python -m stages.eval --head {tmp_path / 'head.pt'} --scores x.zarr"}
+    monkeypatch.setattr(cli, "pipeline_commands", lambda: commands)
+    single = tmp_path / "a.png"
+    single.write_bytes(_png(images(1, 0)[0]))
+    for command in (["score", str(single), "--out", str(tmp_path / "s.csv")], ["export", str(tmp_path / "m.pt")]):
+        result = runner.invoke(cli.app, command)
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert result.output.strip().splitlines() == [(
+            f"no trained run here: {tmp_path / 'head.pt'} (the rejection head) is missing; run `dvc repro` first to "
+            f"train the detector")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # no partial output
+
+
+def test_score_refuses_bad_arguments_in_one_line(use_run, tmp_path):
+    single = tmp_path / "a.png"
+    single.write_bytes(_png(images(1, 0)[0]))
+    for args, expected in (([str(tmp_path / "missing.png")], "no such file or folder"),
+                           ([str(single), "--out", str(tmp_path / "s.xlsx")], "unknown output format '.xlsx'"),
+                           ([str(single), "--model", str(tmp_path / "a.png")], "is not an exported DMR model")):
+        result = runner.invoke(cli.app, ["score", *args])
+        assert result.exit_code == 1, result.output
+        assert len(result.output.strip().splitlines()) == 1 and expected in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_export_round_trip_equals_the_pipeline(use_run, tmp_path):
+    """Plain torch.jit.load of the exported file gives the pipeline's scores: extract_features + DMRDetector, and
+    the stored ID-test scores of stage eval; bit-identical here (tolerance 1e-5 allowed for other CPU kernels)."""
+    root, _, sets = use_run
+    result = runner.invoke(cli.app, ["export", str(tmp_path / "model.pt")])
+    assert result.exit_code == 0, result.output
+    extra = {"dmr.json": ""}
+    module = torch.jit.load(str(tmp_path / "model.pt"), _extra_files=extra)
+    meta = json.loads(extra["dmr.json"])
+    dmr = zarr.open_group(str(root / "dmr.zarr"), mode="r")
+    assert module.threshold == meta["threshold"] == dmr.attrs["threshold"] and module.classes() == CLASSES
+    with torch.inference_mode():
+        out = module(torch.from_numpy(sets["id_test"]))
+        as_float = module(torch.from_numpy(sets["id_test"]).permute(0, 3, 1, 2).float() / 255)
+    np.testing.assert_allclose(out["dmr_score"].numpy(), dmr["id_test"][:], rtol=0, atol=1e-5)
+    reps = extract_features(tiny_classifier(), sets["id_test"])
+    from dmr_core.nets.rejection_head import load_head
+
+    head, _ = load_head(root / "head.pt")
+    np.testing.assert_allclose(out["dmr_score"].numpy(), DMRDetector(head).scores(reps["feature_map"]), atol=1e-5)
+    np.testing.assert_allclose(out["logits"].numpy(), reps["logits"], atol=1e-5)
+    torch.testing.assert_close(as_float["dmr_score"], out["dmr_score"], rtol=0, atol=0)
+    assert torch.equal(out["is_ood"], out["dmr_score"].double() > module.threshold)
+    with pytest.raises(Exception, match="32×32"):
+        module(torch.zeros(1, 64, 64, 3, dtype=torch.uint8))
+
+    # `dmr score --model` uses the file instead of the run's artifacts, with the same scores
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, image in enumerate(sets["icons"]):
+        (folder / f"{i:02d}.png").write_bytes(_png(image))
+    via_model = runner.invoke(cli.app, ["score", str(folder), "--model", str(tmp_path / "model.pt"), "--out",
+                                        str(tmp_path / "m.csv")])
+    via_run = runner.invoke(cli.app, ["score", str(folder), "--no-combined", "--out", str(tmp_path / "r.csv")])
+    assert via_model.exit_code == 0 and via_run.exit_code == 0, (via_model.output, via_run.output)
+    a, b = pd.read_csv(tmp_path / "m.csv"), pd.read_csv(tmp_path / "r.csv")
+    assert list(a.columns) == list(b.columns)
+    np.testing.assert_allclose(a["dmr_score"], b["dmr_score"], atol=1e-5)
+    assert (a["is_ood"] == b["is_ood"]).all() and (a["predicted_class"] == b["predicted_class"]).all()
