@@ -5,7 +5,7 @@ Input contract of the exported module's ``forward(images)``: a batch of 32×32 R
 N×32×32×3 (the layout of decoded image files and of the pipeline's stored sets) or float N×3×32×32 in [0, 1]
 (``ToTensor`` output), on the CPU. Float images are clipped to [0, 1] and rounded to the uint8 grid, as every image
 the pipeline scores was stored as uint8. Bringing an image of another size to 32×32 (shorter side to 32 with
-antialiasing, centre crop) stays outside, in the loader (``dmr_core.serving.inputs.to_pipeline_image``): resizing
+antialiasing, centre crop) stays outside, in the loader (``dmr_core.data.sources.fit_image``): resizing
 PIL images is not TorchScript. Any other shape or dtype raises.
 
 Output: a dict of per-image tensors, ``logits`` (N×classes), ``predicted`` (class index), ``confidence`` (max

@@ -9,19 +9,20 @@ the data stage uses.
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from ..data.datasets import IMAGE_SIZE, MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, _resize_center
+from ..data.sources import IMAGE_SIZE, MAX_MEMBER_BYTES
+from ..data.sources import decode_image as decode_pipeline_image
 from ..errors import DataError
+
+# the data stage's reasons for skipping an image, as a user reads them
+UNREADABLE_REASONS = {"undecodable": "not an image, or a corrupt one", "too_large": "too large to decode safely"}
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
@@ -30,32 +31,13 @@ class UnreadableImage(ValueError):
     """A file or member that is not an image this project can use; the message says why."""
 
 
-def to_pipeline_image(image: Image.Image) -> np.ndarray:
-    """uint8 32×32×3 by the data stage's rule for downloaded sets: RGB, shorter side to 32 with antialiasing, then
-    centre crop (an image already 32×32 RGB is returned unchanged). The one place that names the rule, so that the
-    data stage's public function for it replaces one line here."""
-    return _resize_center(image)
-
-
 def decode_image(payload: bytes) -> np.ndarray:
-    """A file's bytes as the pipeline's uint8 32×32×3 image, or :class:`UnreadableImage` saying why not."""
-    try:
-        with warnings.catch_warnings():  # PIL's bomb check: a warning, then an error, above its pixel cap
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(payload)) as image:
-                width, height = image.size
-                if width * height > MAX_IMAGE_PIXELS:
-                    raise UnreadableImage(f"too large ({width}×{height} pixels)")
-                image.load()
-                return to_pipeline_image(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UnreadableImage("too large to decode safely") from None
-    except UnidentifiedImageError:
-        raise UnreadableImage("not an image") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        if isinstance(err, UnreadableImage):
-            raise
-        raise UnreadableImage(f"corrupt image ({err})") from None
+    """A file's bytes as the pipeline's uint8 32×32×3 image, by the data stage's decoder and resize rule
+    (:func:`dmr_core.data.sources.fit_image`), or :class:`UnreadableImage` saying why not."""
+    image, _, reason = decode_pipeline_image(payload)
+    if image is None:
+        raise UnreadableImage(UNREADABLE_REASONS.get(reason, reason))
+    return image
 
 
 @dataclass(frozen=True)
