@@ -17,6 +17,7 @@ from dmr_core.data.datasets import (
     CIFAR100_CLASSES,
     DataError,
     describe_id_set,
+    is_path_spec,
     load_id_split,
     load_ood_set,
     select_ood_sets,
@@ -216,3 +217,14 @@ def test_auto_is_the_offline_suite_only_where_the_archives_are(tmp_path, monkeyp
     assert chosen.suite == "offline" and chosen.sets == suite_sets("offline", "cifar10")
     assert select_ood_sets("paper", "cifar10").sets == (
         "svhn", "textures", "lsun_crop", "tinyimagenet_crop", "places365", "gaussian", "cifar100")
+
+
+def test_a_bare_name_of_a_folder_in_the_project_is_that_folder(tmp_path, monkeypatch):
+    write_folder(tmp_path / "my_data", USER_IMAGES)
+    (tmp_path / "icons").mkdir()  # a known set's name always means the set
+    monkeypatch.chdir(tmp_path)
+    assert describe_id_set("my_data").class_names == ("cat", "dog", "owl")
+    assert parse_params(params_with(id_set="my_data")).data.id_set == "my_data"
+    assert set_name("my_data") == "my_data" and not is_path_spec("icons") and is_path_spec("my_data")
+    with pytest.raises(ParamsError, match=r"data\.id_set = 'my_date': unknown ID set 'my_date'"):
+        parse_params(params_with(id_set="my_date"))

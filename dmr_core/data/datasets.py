@@ -275,8 +275,12 @@ class IdSetInfo:
 
 def is_path_spec(spec: str) -> bool:
     """Whether a data.id_set / data.ood_sets entry names a folder or archive rather than a known set: a path
-    separator, a leading ``.`` or ``~``, or a ``.tar`` suffix tell it (write ``./name`` for a folder here)."""
-    return "/" in spec or os.sep in spec or spec.startswith((".", "~")) or spec.lower().endswith(".tar")
+    separator, a leading ``.`` or ``~``, a ``.tar`` suffix, or, for any other name, a folder or file of that name
+    in the project root (a known set's name always means the set)."""
+    if spec in BUILTIN_ID_SETS or spec in OOD_SET_NAMES:
+        return False
+    return ("/" in spec or os.sep in spec or spec.startswith((".", "~")) or spec.lower().endswith(".tar")
+            or os.path.exists(spec))
 
 
 def user_path(spec: str) -> Path:
