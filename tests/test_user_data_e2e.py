@@ -43,7 +43,7 @@ def test_a_user_image_folder_runs_the_whole_pipeline(tmp_path):
     project = make_tiny_project(tmp_path / "project", {
         "data": {"id_set": str(id_root), "ood_sets": [str(ood_root), "gaussian"], "train_per_class": 0,
                  "test_per_class": 0},
-        "classifier": {"init": "scratch", "epochs": 2, "batch_size": 32},
+        "classifier": {"init": "scratch", "epochs": 10, "batch_size": 16, "lr": 0.05},
         "synth": {"k": 2, "num_samples": 100, "batch_size": 64},
         "synth_baselines": {"k": 3, "num_samples": 60, "variants": ["mlm", "kirby"]},
         "baselines": {"knn_k": 5, "reference_images": 50},
