@@ -26,7 +26,8 @@ def _summary(image_set: ImageSet) -> dict:
 def main(params: Params, out: Path, metrics: Path) -> None:
     p = params.data
     selection = select_ood_sets(p.ood_sets, p.id_set)
-    summary: dict = {"id_set": p.id_set, "ood_suite": {"asked": selection.asked, "used": selection.suite}}
+    summary: dict = {"id_set": p.id_set, "id_name": set_name(p.id_set),
+                     "ood_suite": {"asked": selection.asked, "used": selection.suite}}
     with atomic_output(out) as tmp:
         class_names: list[str] = []
         for split, per_class in (("train", p.train_per_class), ("test", p.test_per_class)):

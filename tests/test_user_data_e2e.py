@@ -45,8 +45,8 @@ def test_a_user_image_folder_runs_the_whole_pipeline(tmp_path):
                  "test_per_class": 0},
         "classifier": {"init": "scratch", "epochs": 10, "batch_size": 16, "lr": 0.05},
         "synth": {"k": 2, "num_samples": 100, "batch_size": 64},
-        "synth_baselines": {"k": 3, "num_samples": 60, "variants": ["mlm", "kirby"]},
-        "baselines": {"knn_k": 5, "reference_images": 50},
+        "synth_baselines": {"k": 3, "num_samples": 60, "variants": ["kirby"]},
+        "baselines": {"knn_k": 5, "reference_images": 50, "detectors": ["MSP", "KNN"]},
     })
     result = run(["dvc", "repro"], project)
     assert "Running stage 'report'" in result.stdout
@@ -54,7 +54,7 @@ def test_a_user_image_folder_runs_the_whole_pipeline(tmp_path):
     data = json.loads((project / "metrics" / "data.json").read_text())
     assert data["classes"] == 4 and data["id_train"]["images"] == 96 and data["id_test"]["images"] == 32
     assert data["id_train"]["skipped"]["not_an_image"] == 1 and data["id_train"]["skipped"]["resized"] == 96
-    assert data["ood_suite"] == {"asked": [str(ood_root), "gaussian"], "used": "listed"}
+    assert data["id_name"] == "my_pets" and data["ood_suite"] == {"asked": [str(ood_root), "gaussian"], "used": "listed"}
     assert list(data["ood"]) == ["my_ood", "gaussian"] and data["ood"]["my_ood"]["source"] == str(ood_root)
 
     metrics = json.loads((project / "metrics" / "eval.json").read_text())

@@ -116,7 +116,7 @@ def render_markdown(table: pd.DataFrame, data: dict, classifier: dict, dmr_confi
     lines = [
         "# DMR vs. post-hoc detectors and other OOD-synthesis methods",
         "",
-        f"ID: {ID_SET_TITLES.get(id_set, id_set)} test ({data.get('id_test', {}).get('images', 0):,} images, "
+        f"ID: {ID_SET_TITLES.get(id_set, data.get('id_name', id_set))} test ({data.get('id_test', {}).get('images', 0):,} images, "
         f"{data.get('classes', '?')} classes). Classifier: {classifier.get('arch')} "
         f"({classifier.get('test_accuracy', float('nan')):.2f}% test accuracy), frozen; every method scores the same "
         "classifier and the same OOD sets. Higher AUROC / AUPR-OUT is better; OOD is the positive class.",
