@@ -21,7 +21,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .data.datasets import (
-    CIFAR10_CLASSES,
     OOD_SET_NAMES,
     OOD_SUITES,
     IdSetInfo,
@@ -30,6 +29,7 @@ from .data.datasets import (
     set_name,
     user_path,
 )
+from .data.sources import is_archive
 from .detectors.posthoc import DETECTORS
 from .errors import DataError, ParamsError
 from .nets.classifier import ARCH_NAMES, PRETRAINED_FILES, TORCHVISION_PREFIX, architecture_layout
@@ -40,12 +40,11 @@ from .synthesis.detail import DETAIL_KINDS
 from .synthesis.latent_mixing import LAMBDA_DISTRIBUTIONS, METHODS
 from .synthesis.variants import VARIANTS
 
-# The names each choice allows come from the tables where the choices are implemented.
-NUM_ID_CLASSES = len(CIFAR10_CLASSES)
 # Seeds go to random, NumPy and torch generators; 32 bits is what all of them accept.
 MAX_SEED = 2**32 - 1
 # The variants that edit distinct ID training images, one per synthesised image.
 TRAINING_IMAGE_VARIANTS = ("kirby", "dmr_kirby")
+# The names each choice allows come from the tables where the choices are implemented.
 OodSuite = Literal[("auto", *OOD_SUITES)]
 # The detectors that compute logits from the stored feature map (they rectify or prune it first).
 FEATURE_MAP_LOGIT_DETECTORS = tuple(name for name, spec in DETECTORS.items() if spec.representation == "feature_map")
@@ -131,7 +130,7 @@ class DataParams(_Section):
         if isinstance(value, list) and not all(isinstance(item, str) for item in value):
             raise ValueError("every OOD set in the list is a name or a path (a string)")
         if not isinstance(value, (str, list)):
-            raise ValueError(f"use one of {', '.join(suites)}, or a list of OOD sets (names or paths)")
+            raise ValueError(f"use one of {', '.join(suites)}, or a list of OOD sets (names or paths)")  # noqa: TRY004 -- pydantic reports ValueError
         return value
 
     @field_validator("ood_sets")
@@ -143,7 +142,7 @@ class DataParams(_Section):
         for spec in value:
             if is_path_spec(spec):
                 path = user_path(spec)
-                if not (path.is_dir() or (path.is_file() and path.suffix.lower() == ".tar")):
+                if not (path.is_dir() or is_archive(path)):
                     raise ValueError(f"{spec!r}: {path} is not a folder or a .tar archive of images")
                 if set_name(spec) in OOD_SET_NAMES:
                     raise ValueError(f"{spec!r} would be reported as {set_name(spec)!r}, the name of a built-in set; "
