@@ -10,6 +10,7 @@ Besides each key's own range, the checks cover what the params determine togethe
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import reprlib
 import typing
@@ -35,9 +36,11 @@ from .errors import DataError, ParamsError
 from .nets.classifier import ARCH_NAMES, PRETRAINED_FILES, TORCHVISION_PREFIX, architecture_layout
 from .nets.classifier_base import AUTO_LAYER
 from .nets.features import REPRESENTATIONS
-from .nets.generator import GENERATOR_KINDS
+from .nets.external_generator import ENTRY_POINT
+from .nets.generator import EXTERNAL_KIND, GENERATOR_KINDS
 from .synthesis.detail import DETAIL_KINDS
 from .synthesis.latent_mixing import LAMBDA_DISTRIBUTIONS, METHODS
+from .synthesis.latent_routes import ROUTES
 from .synthesis.variants import VARIANTS
 
 # Seeds go to random, NumPy and torch generators; 32 bits is what all of them accept.
@@ -200,8 +203,14 @@ class ClassifierParams(_Section):
         return value
 
 
+# an entry point's keyword arguments: names to scalars (a file path, a flag, a size), as YAML writes them
+OptionValue = str | int | float | bool | None
+
+
 class GeneratorParams(_Section):
-    kind: Literal[tuple(GENERATOR_KINDS)]
+    kind: Literal[(*GENERATOR_KINDS, EXTERNAL_KIND)]
+    entry_point: str | None = Field(description="package.module:function, with kind: external")
+    options: dict[str, OptionValue] = Field(description="keyword arguments for the entry point")
     latent_dim: int = Field(ge=1)
     base_channels: int = Field(ge=4)
     epochs: int = Field(ge=1)
@@ -215,9 +224,19 @@ class GeneratorParams(_Section):
     perceptual_images: int = Field(ge=1)
     seed: Seed
 
+    @field_validator("entry_point")
+    @classmethod
+    def _entry_point_form(cls, value: str | None) -> str | None:
+        if value is not None and not ENTRY_POINT.match(value):
+            raise ValueError("must be of the form package.module:function (a function of an importable module)")
+        return value
+
 
 class LatentsParams(_Section):
+    route: Literal[ROUTES]
+    samples_per_class: int = Field(ge=0)
     batch_size: int = Field(ge=1)
+    seed: Seed
 
 
 
@@ -356,6 +375,41 @@ def _data_problems(d: DataParams, info: IdSetInfo) -> Iterator[str]:
                "OOD set; remove it")
 
 
+def _generator_problems(p: Params) -> Iterator[str]:
+    """Which generator can give which latents: a user's generator needs its entry point, the sampled route a
+    mapping network, and sampled latents have no residual detail to add back."""
+    g, route = p.generator, p.latents.route
+    if g.kind == EXTERNAL_KIND:
+        if g.entry_point is None:
+            yield ("generator.kind = 'external' with generator.entry_point = None: name the function that loads your "
+                   "generator (generator.entry_point: package.module:function)")
+        elif importlib.util.find_spec(g.entry_point.split(":")[0].split(".")[0]) is None:
+            yield (f"generator.entry_point = {g.entry_point!r}: no module {g.entry_point.split(':')[0]!r} on the "
+                   "Python path (run from the project root, or install your package)")
+        for term in ("adversarial", "perceptual"):
+            if getattr(g, f"{term}_weight") > 0:
+                yield (f"generator.{term}_weight = {getattr(g, f'{term}_weight')} with generator.kind = 'external': "
+                       f"an external generator is not trained here; set generator.{term}_weight: 0")
+    else:
+        if g.entry_point is not None:
+            yield (f"generator.entry_point = {g.entry_point!r} with generator.kind = {g.kind!r}: set generator.kind: "
+                   "external to use your generator, or generator.entry_point: null")
+        if g.options:
+            yield (f"generator.options = {g.options!r} with generator.kind = {g.kind!r}: options are for an external "
+                   "generator's entry point; set generator.options: {}")
+    if route == "sampled" and g.kind in GENERATOR_KINDS and not GENERATOR_KINDS[g.kind].conditional:
+        conditional = [kind for kind, model in GENERATOR_KINDS.items() if model.conditional]
+        yield (f"latents.route = 'sampled' with generator.kind = {g.kind!r}: sampling w = M(z, c) per class needs a "
+               f"class-conditional generator with a mapping network ({', '.join(conditional)}, or external with a "
+               "mapping); set latents.route: encoded or change generator.kind")
+    if route == "sampled" and p.synth.detail != "none":
+        yield (f"synth.detail = {p.synth.detail!r} with latents.route = 'sampled': no image stands behind a sampled "
+               "latent, so there is no residual detail to add; set synth.detail: none")
+    if route == "encoded" and p.latents.samples_per_class:
+        yield (f"latents.samples_per_class = {p.latents.samples_per_class} with latents.route = 'encoded': the encoded "
+               "route takes every ID training image once; set latents.samples_per_class: 0")
+
+
 def _problems(p: Params) -> Iterator[str]:
     """Each broken rule across keys, as one line naming the keys involved."""
     info = describe_id_set(p.data.id_set)
@@ -411,6 +465,7 @@ def _problems(p: Params) -> Iterator[str]:
     if g.kind == "spatial_vae" and g.latent_dim % cells:
         yield (f"generator.latent_dim = {g.latent_dim} with generator.kind = spatial_vae: the latent is channels on a "
                f"4×4 grid, so generator.latent_dim must be a multiple of {cells} (e.g. 256)")
+    yield from _generator_problems(p)
     for term in ("adversarial", "perceptual"):
         start = getattr(g, f"{term}_start_epoch")
         if getattr(g, f"{term}_weight") > 0 and start >= g.epochs:

@@ -1,4 +1,5 @@
-"""Stage class_means: μ_y, the mean latent (and mean residual x − G(E(x))) of each ID class, with its image count."""
+"""Stage class_means: μ_y, the mean latent (and mean residual x − G(E(x))) of each ID class, with its latent count.
+For sampled latents w = M(z, c) this is M's per-class average, E_z[M(z, c)], estimated from the samples."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ def main(params: Params, latents: Path, out: Path) -> None:
     class_names = group.attrs["class_names"]
     labels = np.asarray(group["labels"][:])
     means, counts = class_means(np.asarray(group["latents"][:]), labels, len(class_names))
-    residual_means, _ = class_means(np.asarray(group["residuals"][:]), labels, len(class_names))
-    save_zarr(out, {"means": means, "counts": counts.astype("int64"), "residual_means": residual_means},
-              attrs={"class_names": class_names})
+    arrays = {"means": means, "counts": counts.astype("int64")}
+    if "residuals" in group:  # encoded latents only
+        arrays["residual_means"], _ = class_means(np.asarray(group["residuals"][:]), labels, len(class_names))
+    save_zarr(out, arrays, attrs={"class_names": class_names, "route": group.attrs.get("route", "encoded")})
     print("class means: " + ", ".join(f"{n} ({c})" for n, c in zip(class_names, counts)))
 
 

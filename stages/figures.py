@@ -29,7 +29,9 @@ def main(params: Params, train: Path, latents: Path, class_means: Path, generato
     classes = len(np.unique(labels))
     ks, fixed_k = feasible_ks(p.ks, classes), min(p.fixed_k, classes)
     sources = fixed_sources(labels, max(ks + [fixed_k]), p.columns, p.seed)
-    first = [("first source (real)", images[sources[:, 0]])]
+    # a sampled latent has no photograph behind it: show what G makes of it
+    first = ([("first source (real)", images[sources[:, 0]])] if encoded.attrs.get("route", "encoded") == "encoded"
+             else [("first source G(M(z, c))", decode(latent_array[sources[:, 0]]))])
     rows = [(f"k = {k}", decode(mixed)) for k, mixed in zip(ks, k_sweep(latent_array, labels, means, ks,
                                                                         p.fixed_lambda, sources))]
     save_image_grid(first + rows, plots / "fig3_k.png", ncols=p.columns,

@@ -1,4 +1,5 @@
-"""Stage generator: the encoder/generator pair (E, G) trained on the ID training images."""
+"""Stage generator: the generator DMR mixes latents of — trained on the ID training images (an (E, G) pair, or a
+class-conditional VAE with a mapping network M), or a user's pretrained one plugged in (kind: external)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ import numpy as np
 
 from dmr_core.data.artifacts import atomic_output, write_json
 from dmr_core.evaluation.metrics import reconstruction_error
-from dmr_core.nets.generator import build_generator, reconstruct, save_generator
+from dmr_core.nets.generator import decode_to_images, reconstruct, sample_class_latents, save_generator
 from dmr_core.params import Params
 from dmr_core.plotting import save_image_grid
-from dmr_core.training.generator import GeneratorTrainingConfig, train_generator
-from dmr_core.training.loop import seed_everything
+from dmr_core.training.generator import GeneratorTrainingConfig, prepare_generator
 from dmr_core.training.perceptual import load_perceptual_loss
 
 from ._common import read_image_set, run
@@ -21,24 +21,33 @@ from ._common import read_image_set, run
 def main(params: Params, train: Path, test: Path, perceptual_net: Path, out: Path, metrics: Path,
          plot: Path) -> None:
     p = params.generator
-    train_x, _, _ = read_image_set(train)
-    test_x, _, _ = read_image_set(test)
+    train_x, train_y, attrs = read_image_set(train)
+    test_x, test_y, _ = read_image_set(test)
+    classes = len(attrs["class_names"])
     perceptual = load_perceptual_loss(perceptual_net, images_per_batch=p.perceptual_images)
-    seed_everything(p.seed)  # the weight initialisation draws from the global RNG
-    model = build_generator(p.kind, latent_dim=p.latent_dim, base_channels=p.base_channels)
-    history = train_generator(model, train_x, p.to(GeneratorTrainingConfig), perceptual)
-    recon = reconstruct(model, test_x)
-    mse, psnr = reconstruction_error(test_x, recon)
-    print(f"generator {p.kind}: test reconstruction MSE {mse:.5f}, PSNR {psnr:.2f} dB")
-    with atomic_output(out) as tmp:
-        save_generator(model, p.kind, tmp)
-    write_json(metrics, {
-        "kind": p.kind, "test_recon_mse": round(mse, 6), "test_recon_psnr_db": round(psnr, 3),
-        "train_loss_per_epoch": [round(v, 3) for v in history],
-    })
+    prepared = prepare_generator(p.kind, {"latent_dim": p.latent_dim, "base_channels": p.base_channels},
+                                 p.to(GeneratorTrainingConfig), train_x, train_y, classes, perceptual,
+                                 p.entry_point, p.options)
+    model = prepared.model
     show = np.linspace(0, len(test_x) - 1, min(16, len(test_x))).astype(int)
-    save_image_grid([("CIFAR-10 test images", test_x[show]), ("reconstructions G(E(x))", recon[show])],
-                    plot, ncols=16, title=f"{p.kind}: PSNR {psnr:.1f} dB")
+    rows, result = [("ID test images", test_x[show])], {"kind": p.kind}
+    if model.can_encode:
+        recon = reconstruct(model, test_x, test_y)
+        mse, psnr = reconstruction_error(test_x, recon)
+        print(f"generator {p.kind}: test reconstruction MSE {mse:.5f}, PSNR {psnr:.2f} dB")
+        rows.append(("reconstructions G(E(x))", recon[show]))
+        result |= {"test_recon_mse": round(mse, 6), "test_recon_psnr_db": round(psnr, 3)}
+    if model.conditional:  # one sample per class and column: what the sampled route decodes before any mixing
+        per_class = min(16, len(test_x))
+        latents, _ = sample_class_latents(model, np.full(classes, per_class), p.seed)
+        samples = decode_to_images(model, latents)
+        rows += [(f"G(M(z, {name}))", samples[c * per_class:(c + 1) * per_class])
+                 for c, name in list(enumerate(attrs["class_names"]))[:4]]
+    with atomic_output(out) as tmp:
+        save_generator(model, p.kind, tmp, prepared.extra, prepared.config)
+    write_json(metrics, result | {"train_loss_per_epoch": [round(v, 3) for v in prepared.history]})
+    title = f"{p.kind}: PSNR {result['test_recon_psnr_db']:.1f} dB" if "test_recon_psnr_db" in result else p.kind
+    save_image_grid(rows, plot, ncols=16, title=title)
 
 
 if __name__ == "__main__":

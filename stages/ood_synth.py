@@ -23,7 +23,9 @@ def main(params: Params, latents: Path, class_means: Path, generator: Path, out:
     synthesised = synthesize_ood_images(
         np.asarray(encoded["latents"][:]), np.asarray(encoded["labels"][:]), np.asarray(means["means"][:]),
         partial(decode_to_images, load_generator(generator), batch_size=p.batch_size), p.to(SynthConfig),
-        residuals=encoded["residuals"], residual_means=means["residual_means"])
+        # the sampled route has no residuals; validation keeps synth.detail at none there
+        residuals=encoded["residuals"] if "residuals" in encoded else None,
+        residual_means=means["residual_means"] if "residual_means" in means else None)
     images, lambdas = synthesised.images, synthesised.lambdas
     save_zarr(out, {
         "images": images, "lambdas": lambdas, "source_indices": synthesised.sources.astype(np.int32),

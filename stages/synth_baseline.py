@@ -32,6 +32,7 @@ def main(params: Params, variant: str, train: Path, latents: Path, class_means: 
     sources = SynthesisSources(
         labels=np.asarray(open_zarr(train, "the datasets (stage data)")["labels"][:]).astype(np.int64),
         images=open_zarr(train, "the datasets (stage data)")["images"], latents=encoded["latents"],
+        latent_labels=np.asarray(encoded["labels"][:]).astype(np.int64),
         class_means=open_zarr(class_means, "the class means (stage class_means)")["means"],
         decode=partial(decode_to_images, load_generator(generator), batch_size=params.synth.batch_size),
         feature_maps=group["id_train"]["feature_map"], logits=group["id_train"]["logits"],

@@ -300,8 +300,9 @@ def test_a_byte_order_mark_and_yaml_merge_keys_are_fine(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_bytes(b"\xef\xbb\xbf" + (ROOT / "params.yaml").read_bytes())
     assert load_params(path).synth.k == 2
-    text = (ROOT / "params.yaml").read_text().replace("latents:\n  batch_size: 1000",
-                                                      "latents: &batch\n  batch_size: 1000")
-    text = text.replace("features:\n  batch_size: 500", "features:\n  <<: *batch\n  batch_size: 500")
+    text = (ROOT / "params.yaml").read_text().replace("  batch_size: 1000\n  seed: 0                 # the sampled",
+                                                      "  batch_size: &batch 1000\n  seed: 0                 # the sampled")
+    text = text.replace("features:\n  batch_size: 500", "features:\n  <<: {batch_size: *batch}\n  batch_size: 500")
+    assert "*batch" in text and "&batch" in text
     path.write_text(text)
     assert load_params(path).features.batch_size == 500

@@ -57,6 +57,8 @@ def kind(field: FieldInfo) -> str:
         return "numbers"  # figures.ks / lambdas: a list of numbers, each with the constraints of its item
     if get_origin(annotation) in (Union, UnionType) and {get_origin(a) for a in get_args(annotation)} == {Literal, list}:
         return "choice_or_list"  # data.ood_sets: a suite or a list of names / paths
+    if get_origin(annotation) is dict:
+        return "options"  # generator.options: keyword arguments (names to scalars) for a user's entry point
     if annotation is str:
         return "text"
     if annotation == (str | None):
@@ -79,7 +81,7 @@ def choices(field: FieldInfo) -> tuple:
     match kind(field):
         case "choice_or_list":
             return tuple(c for a in get_args(annotation) if get_origin(a) is Literal for c in get_args(a))
-        case "numbers" | "text" | "optional text":  # free names, checked against what they name
+        case "numbers" | "text" | "optional text" | "options":  # free names, checked against what they name
             return ()
     return get_args(get_args(annotation)[0] if get_origin(annotation) is list else annotation)
 
@@ -152,6 +154,11 @@ def valid_by_field(field: FieldInfo, value: Any) -> bool:
             return isinstance(value, str) and len(value) >= bounds.get("min_length", 0)
         case "optional text":
             return value is None or isinstance(value, str)
+        case "options":
+            return isinstance(value, dict) and all(
+                isinstance(name, str) and (item is None or isinstance(item, (str, bool, int))
+                                           or (isinstance(item, float) and math.isfinite(item)))
+                for name, item in value.items())
     raise AssertionError(kind(field))
 
 
@@ -199,6 +206,10 @@ def fixed_values(field: FieldInfo, default: Any) -> list[Any]:
             names = list(names_listed(field))
             return [*choices(field), "no_such_suite", [], [names[0]], [names[0], names[0]], names,
                     ["no_such_item"], ["./no/such/folder"], [names[0], 3], 0, None, [[names[0]]], *wrong_types]
+        case "options":
+            return [default, {}, {"pkl": "models/g.pkl"}, {"n": 1, "f": 0.5, "flag": True, "nothing": None},
+                    {"a": [1]}, {"a": {"b": 1}}, {1: "x"}, {"x": float("nan")}, {"x": float("inf")}, [], "text", 0,
+                    None, True]
         case "text" | "optional text":
             # a default, names that do not exist, paths outside the project and non-strings
             return [default, "", "no_such_name", "a.b.c", "x" * 300, "/abs/path", "../up", 0, True, 1.5, None,

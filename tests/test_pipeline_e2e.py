@@ -111,3 +111,30 @@ def test_dmr_stage_runs_any_stage_of_the_pipeline(tiny_project):
     assert "synth baseline mim: mean AUROC" in result.stdout
     unknown = run(["dmr", "stage", "nope"], tiny_project, check=False)
     assert unknown.returncode == 2 and "unknown stage 'nope'" in unknown.stderr and "report" in unknown.stderr
+
+
+def test_sampled_latent_route_runs_in_the_pipeline(tiny_project, tmp_path):
+    """The authors' route: a class-conditional generator, latents w = M(z, c) sampled per class, class means from
+    them, and a head trained on their decodings; in a copy of the tiny project, so later tests see the default run."""
+    import shutil
+
+    import numpy as np
+    import zarr
+
+    project = tmp_path / "sampled"
+    shutil.copytree(tiny_project, project, symlinks=True)
+    result = run(["dvc", "exp", "run", "eval", "-S", "generator.kind=cond_style_vae", "-S", "latents.route=sampled",
+                  "-S", "latents.samples_per_class=30", "-S", "synth.detail=none"], project)
+    ran = set(stages_run(result.stdout))
+    assert {"generator", "latents", "class_means", "ood_synth", "rejection_head", "eval"} <= ran, result.stdout
+    assert not ran & {"data", "classifier", "features"}, result.stdout
+    latents = zarr.open_group(str(project / "data" / "latents.zarr"), mode="r")
+    assert latents.attrs["route"] == "sampled" and "residuals" not in latents
+    labels = np.asarray(latents["labels"][:])
+    assert np.bincount(labels).tolist() == [30] * 10
+    means = zarr.open_group(str(project / "data" / "class_means.zarr"), mode="r")
+    np.testing.assert_allclose(means["means"][:], [np.asarray(latents["latents"][:])[labels == c].mean(0)
+                                                   for c in range(10)], rtol=1e-5, atol=1e-6)
+    metrics = json.loads((project / "metrics" / "eval.json").read_text())
+    assert 0 <= metrics["mean"]["AUROC"] <= 100 and "near_mean" in metrics
+    assert json.loads((project / "metrics" / "generator.json").read_text())["kind"] == "cond_style_vae"

@@ -77,7 +77,7 @@ def test_every_variant_synthesises_from_the_same_sources():
         decoded.append(mixed)
         return np.zeros((len(mixed), 32, 32, 3), np.uint8)
 
-    sources = SynthesisSources(labels=labels, images=images, latents=latents,
+    sources = SynthesisSources(labels=labels, images=images, latents=latents, latent_labels=labels,
                                class_means=class_means(latents, labels, 10)[0], decode=decode,
                                feature_maps=feats["feature_map"], logits=feats["logits"],
                                class_weights=model.classifier_head().weight.detach())

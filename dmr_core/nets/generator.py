@@ -1,8 +1,12 @@
-"""The generator pair (E, G) whose latent space DMR mixes in.
+"""The generators whose latent space DMR mixes in.
 
-Any generator works if it offers ``encode(images) -> w`` and ``decode(w) -> images`` with images in
-[0, 1] (N×3×32×32). The paper uses StyleGAN-XL with a trained encoder; the CPU-sized default here is a
-convolutional VAE whose latent is the posterior mean, w = E(x) = μ_φ(x).
+Any generator works if it offers ``decode(w) -> images`` with images in [0, 1] (N×3×32×32) and a way to get
+latents of the ID classes: ``encode(images, labels) -> w`` (the encoded route: w = E(x)), and, for a
+class-conditional generator (``conditional = True``), ``sample(z, labels) -> w``, its mapping network
+w = M(z, c) with z ~ N(0, I) of ``z_dim`` coordinates (the sampled route, as the authors ran DMR with a
+class-conditional StyleGAN-XL). The CPU-sized default is a convolutional VAE whose latent is the posterior mean,
+w = E(x) = μ_φ(x); :class:`ConditionalStyleVAE` adds a class-conditional mapping network, so both routes run on
+one generator; ``external_generator`` wraps a user's pretrained one.
 """
 
 from __future__ import annotations
@@ -19,19 +23,27 @@ from ..device import autocast, batch_loader, resolve_device
 from ..errors import CheckpointError
 from ..images import to_float_images, to_uint8_images
 from .checkpoints import load_checkpoint, load_state_dict_checked, save_checkpoint
+from .external_generator import load_external_generator
 
 
 @runtime_checkable
 class Generator(Protocol):
-    """What DMR needs of a generator: a latent for every image and an image for every latent."""
+    """What DMR needs of a generator: a latent for every image (or, if ``conditional``, for every class through
+    ``sample``) and an image for every latent."""
 
-    def encode(self, images: Tensor) -> Tensor: ...
+    conditional: bool
+    can_encode: bool
+
+    def encode(self, images: Tensor, labels: Tensor | None = None) -> Tensor: ...
 
     def decode(self, latents: Tensor) -> Tensor: ...
 
 
 class ConvVAE(nn.Module):
     """A small convolutional VAE for 32×32 RGB: three stride-2 convolutions down to 4×4, and back."""
+
+    conditional = False  # its latent is the posterior's; no mapping network to sample per class
+    can_encode = True
 
     def __init__(self, latent_dim: int = 128, base_channels: int = 32) -> None:
         super().__init__()
@@ -57,18 +69,23 @@ class ConvVAE(nn.Module):
         h = self.encoder(images * 2 - 1)
         return self.to_mu(h), self.to_logvar(h).clamp(-12, 8)
 
-    def encode(self, images: Tensor) -> Tensor:
-        """w = posterior mean."""
+    def encode(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
+        """w = posterior mean (``labels`` are not used: the latent holds the class)."""
         return self.posterior(images)[0]
 
     def decode(self, latents: Tensor) -> Tensor:
         return self.decoder(self.from_latent(latents))
 
-    def elbo_terms(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(G(w) for one posterior sample w ~ q(w|x), summed squared error per image, KL(q(w|x) ‖ N(0, I)) per image)."""
+    def latent_of(self, z: Tensor, labels: Tensor | None) -> Tensor:
+        """The latent G decodes for a posterior sample z: z itself (a conditional VAE maps it through M)."""
+        return z
+
+    def elbo_terms(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(G(w) for one posterior sample z ~ q(z|x), summed squared error per image, KL(q(z|x) ‖ N(0, I)) per image),
+        with w = z (w = M(z, y) for a conditional VAE)."""
         mu, logvar = self.posterior(images)
-        w = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        reconstructions = self.decode(w)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        reconstructions = self.decode(self.latent_of(z, labels))
         squared_error = nnf.mse_loss(reconstructions.float(), images, reduction="sum") / len(images)
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / len(images)
         return reconstructions, squared_error, kl
@@ -110,6 +127,12 @@ class AdaptiveInstanceNorm(nn.Module):
         return self.norm(features) * (1 + scale) + shift
 
 
+def mapping_mlp(in_dim: int, out_dim: int, layers: int = 2) -> nn.Sequential:
+    """StyleGAN's mapping network (Karras et al. 2019, §2): fully connected layers with leaky ReLU (slope 0.2)."""
+    dims = [in_dim] + [out_dim] * layers
+    return nn.Sequential(*[m for i in range(layers) for m in (nn.Linear(dims[i], dims[i + 1]), nn.LeakyReLU(0.2))])
+
+
 class StyleDecoder(nn.Module):
     """A small style-based decoder: the latent w also passes a mapping network (an MLP, as in StyleGAN) whose
     output modulates every decoder layer through :class:`AdaptiveInstanceNorm`, so global image statistics
@@ -118,8 +141,7 @@ class StyleDecoder(nn.Module):
     def __init__(self, latent_dim: int, base_channels: int, style_dim: int = 256) -> None:
         super().__init__()
         c = base_channels
-        self.mapping = nn.Sequential(nn.Linear(latent_dim, style_dim), nn.LeakyReLU(0.2),
-                                     nn.Linear(style_dim, style_dim), nn.LeakyReLU(0.2))
+        self.mapping = mapping_mlp(latent_dim, style_dim)
         self.from_latent = nn.Linear(latent_dim, 4 * c * 16)
         self.layers = nn.ModuleList([
             nn.Conv2d(4 * c, 4 * c, 3, padding=1),
@@ -139,6 +161,26 @@ class StyleDecoder(nn.Module):
         return torch.sigmoid(self.to_rgb(x))
 
 
+def unit_second_moment(x: Tensor) -> Tensor:
+    """x / sqrt(mean(x²)) per row: StyleGAN's normalisation of z (and of the class embedding) before mapping."""
+    return x * (x.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
+
+
+class ClassConditionalMapping(nn.Module):
+    """w = M(z, c): StyleGAN's mapping network made class-conditional as StyleGAN2-ADA and StyleGAN-XL do it
+    (Karras et al. 2020, appendix B): a learned embedding of the class c is concatenated to z, each normalised to
+    unit second moment, and the pair passes the MLP. The class mean the DMR marginal subtracts is then M's
+    per-class average E_z[M(z, c)], StyleGAN's ``w_avg`` per class."""
+
+    def __init__(self, z_dim: int, num_classes: int, w_dim: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, z_dim)
+        self.mlp = mapping_mlp(2 * z_dim, w_dim)
+
+    def forward(self, z: Tensor, labels: Tensor) -> Tensor:
+        return self.mlp(torch.cat([unit_second_moment(z), unit_second_moment(self.embed(labels))], dim=1))
+
+
 class StyleConvVAE(ConvVAE):
     """:class:`ConvVAE` with the style-modulated :class:`StyleDecoder` as G; the encoder and latent are unchanged."""
 
@@ -151,7 +193,45 @@ class StyleConvVAE(ConvVAE):
         return self.decoder(latents)
 
 
-GENERATOR_KINDS = {"conv_vae": ConvVAE, "spatial_vae": SpatialConvVAE, "style_vae": StyleConvVAE}
+class ConditionalStyleVAE(ConvVAE):
+    """A class-conditional VAE with a mapping network: q(z|x) as :class:`ConvVAE`'s encoder, w = M(z, y)
+    (:class:`ClassConditionalMapping`), G(w) the :class:`StyleDecoder`; trained on the negative ELBO with the true
+    class y. Its latents can be had both ways DMR needs: encoded, w = M(μ_φ(x), y), or sampled, w = M(z, c) with
+    z ~ N(0, I) (the authors' route with StyleGAN-XL, where no encoder exists)."""
+
+    conditional = True
+
+    def __init__(self, latent_dim: int = 128, base_channels: int = 32, num_classes: int = 10) -> None:
+        super().__init__(latent_dim, base_channels)
+        del self.from_latent
+        self.config = {"latent_dim": latent_dim, "base_channels": base_channels, "num_classes": num_classes}
+        self.z_dim = latent_dim
+        self.mapping = ClassConditionalMapping(latent_dim, num_classes, latent_dim)
+        self.decoder = StyleDecoder(latent_dim, base_channels)
+
+    def encode(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
+        """w = M(μ_φ(x), y): the encoded route needs each image's class."""
+        if labels is None:
+            raise ValueError("a class-conditional generator encodes an image with its class: pass labels")
+        return self.mapping(self.posterior(images)[0], labels)
+
+    def sample(self, z: Tensor, labels: Tensor) -> Tensor:
+        """w = M(z, c)."""
+        return self.mapping(z, labels)
+
+    def latent_of(self, z: Tensor, labels: Tensor | None) -> Tensor:
+        if labels is None:
+            raise ValueError("a class-conditional generator trains with each image's class: pass labels")
+        return self.mapping(z, labels)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return self.decoder(latents)
+
+
+# the kinds trained by stage generator; ``external`` (a user's pretrained generator) is loaded, not trained
+GENERATOR_KINDS = {"conv_vae": ConvVAE, "spatial_vae": SpatialConvVAE, "style_vae": StyleConvVAE,
+                   "cond_style_vae": ConditionalStyleVAE}
+EXTERNAL_KIND = "external"
 
 
 def build_generator(kind: str, **config) -> nn.Module:
@@ -160,35 +240,73 @@ def build_generator(kind: str, **config) -> nn.Module:
     return GENERATOR_KINDS[kind](**config)
 
 
+def model_device(model: Generator) -> torch.device:
+    """Where ``model``'s weights are (the CPU for a generator without parameters of its own)."""
+    if isinstance(model, nn.Module):
+        for tensor in model.parameters():
+            return tensor.device
+    return torch.device("cpu")
+
+
 def encode_images(model: Generator, images: np.ndarray, batch_size: int = 512,
-                  device: torch.device | None = None) -> np.ndarray:
-    """w = E(x) for uint8 N×32×32×3 images, as float32."""
+                  device: torch.device | None = None, labels: np.ndarray | None = None) -> np.ndarray:
+    """w = E(x) for uint8 N×32×32×3 images, as float32; ``labels`` (the images' classes) are passed to a
+    class-conditional generator, whose latent depends on the class (w = M(E(x), y))."""
     device = device or resolve_device()
     model.to(device)  # outside inference mode, so a model still in training keeps trainable weights
-    loader = batch_loader(torch.from_numpy(images), batch_size=batch_size)
+    tensors = [torch.from_numpy(images)]
+    if getattr(model, "conditional", False):
+        if labels is None:
+            raise ValueError("a class-conditional generator encodes images with their classes: pass labels")
+        tensors.append(torch.from_numpy(np.asarray(labels).astype(np.int64)))
+    loader = batch_loader(*tensors, batch_size=batch_size)
     with torch.inference_mode(), autocast(device):
-        out = [model.encode(to_float_images(x.to(device))).float().cpu()
-               for (x,) in tqdm(loader, desc="encode", leave=False)]
+        out = [model.encode(to_float_images(x.to(device)), *(y.to(device) for y in rest)).float().cpu()
+               for x, *rest in tqdm(loader, desc="encode", leave=False)]
     return torch.cat(out).numpy()
+
+
+def sample_class_latents(model: Generator, counts: np.ndarray, seed: int, batch_size: int = 512,
+                         device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The sampled route: ``counts[c]`` latents w = M(z, c), z ~ N(0, I), for each class c; returns (w as float32,
+    their classes). z is drawn on the CPU from ``seed`` in class order, so the result does not depend on the
+    device or the batch size."""
+    if not getattr(model, "conditional", False):
+        raise ValueError(f"{type(model).__name__} has no class-conditional mapping network to sample latents from")
+    device = device or resolve_device()
+    model.to(device)
+    labels = np.repeat(np.arange(len(counts)), counts).astype(np.int64)
+    z = torch.randn(len(labels), model.z_dim, generator=torch.Generator().manual_seed(seed))
+    loader = batch_loader(z, torch.from_numpy(labels), batch_size=batch_size)
+    with torch.inference_mode(), autocast(device):
+        out = [model.sample(z_batch.to(device), y.to(device)).float().cpu()
+               for z_batch, y in tqdm(loader, desc="sample M(z, c)", leave=False)]
+    return torch.cat(out).numpy(), labels
 
 
 @torch.inference_mode()
 def decode_latents(model: Generator, latents: Tensor) -> Tensor:
     """G(w) as float images in [0, 1], on the device of ``model``."""
-    device = next(model.parameters()).device if isinstance(model, nn.Module) else torch.device("cpu")
+    device = model_device(model)
     with autocast(device):
         return model.decode(latents.to(device).float()).float().clamp(0, 1)
 
 
-def save_generator(model: nn.Module, kind: str, path, extra: dict | None = None) -> None:
-    save_checkpoint({"kind": kind, "config": model.config, "state_dict": model.state_dict(), **(extra or {})}, path)
+def save_generator(model: nn.Module, kind: str, path, extra: dict | None = None, config: dict | None = None) -> None:
+    """Its kind, config and weights; an external generator's weights stay the user's (only its config is kept)."""
+    state = {} if kind == EXTERNAL_KIND else model.state_dict()
+    save_checkpoint({"kind": kind, "config": model.config if config is None else config, "state_dict": state,
+                     **(extra or {})}, path)
 
 
 def load_generator(path) -> nn.Module:
-    """Load a generator saved by the generator stage, in eval mode."""
+    """Load a generator saved by the generator stage, in eval mode; an ``external`` one is rebuilt by its entry
+    point (its checkpoint holds only the entry point and its options)."""
     payload = load_checkpoint(path)
     if not isinstance(payload, dict) or not {"kind", "config", "state_dict"} <= set(payload):
         raise CheckpointError(f"{path} is not a generator checkpoint of this project (no kind/config/state_dict)")
+    if payload["kind"] == EXTERNAL_KIND:
+        return load_external_generator(**payload["config"])
     model = build_generator(payload["kind"], **payload["config"])
     load_state_dict_checked(model, payload["state_dict"], str(path))
     return model.eval().requires_grad_(False)
@@ -200,10 +318,14 @@ def decode_to_images(model: Generator, latents: np.ndarray, batch_size: int = 51
     out = np.empty((len(latents), 32, 32, 3), np.uint8)
     for start in tqdm(range(0, len(latents), batch_size), desc="decode", leave=False):
         batch = torch.from_numpy(latents[start:start + batch_size])
-        out[start:start + len(batch)] = to_uint8_images(decode_latents(model, batch))
+        decoded = decode_latents(model, batch)
+        if decoded.shape != (len(batch), 3, 32, 32):
+            raise CheckpointError(f"the generator decoded {len(batch)} latents to a tensor of shape "
+                                  f"{tuple(decoded.shape)}; DMR needs images N×3×32×32 in [0, 1]")
+        out[start:start + len(batch)] = to_uint8_images(decoded)
     return out
 
 
-def reconstruct(model: Generator, images: np.ndarray) -> np.ndarray:
-    """G(E(x)) of uint8 images, as uint8; the latents are decoded in one batch."""
-    return to_uint8_images(decode_latents(model, torch.from_numpy(encode_images(model, images))))
+def reconstruct(model: Generator, images: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """G(E(x)) of uint8 images, as uint8 (``labels`` for a class-conditional generator)."""
+    return decode_to_images(model, encode_images(model, images, labels=labels), batch_size=len(images) or 1)

@@ -31,9 +31,11 @@ def reconstruction_residuals(images: np.ndarray, reconstructions: np.ndarray) ->
     return images.astype(np.int16) - reconstructions.astype(np.int16)
 
 
-def encode_with_residuals(model: Generator, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(w = E(x), r = x − G(E(x))) of every image: the latents DMR mixes and the detail G loses."""
-    latents = encode_images(model, images, batch_size=batch_size)
+def encode_with_residuals(model: Generator, images: np.ndarray, batch_size: int,
+                          labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(w = E(x), r = x − G(E(x))) of every image: the latents DMR mixes and the detail G loses (``labels``: the
+    images' classes, for a class-conditional generator)."""
+    latents = encode_images(model, images, batch_size=batch_size, labels=labels)
     return latents, reconstruction_residuals(images, decode_to_images(model, latents, batch_size))
 
 

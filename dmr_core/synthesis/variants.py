@@ -40,7 +40,8 @@ class SynthesisSources:
 
     labels: np.ndarray                          # classes of the ID training images
     images: Any                                 # the ID training images, uint8 N×32×32×3
-    latents: Any                                # w = E(x) of each of them
+    latents: Any                                # the ID latents (stage latents): w = E(x) of each image, or sampled
+    latent_labels: np.ndarray                   # the class of each latent
     class_means: Any                            # μ_y of each class
     decode: Callable[[np.ndarray], np.ndarray]  # G: latents → uint8 images
     feature_maps: Any                           # F's last feature map of each ID training image, N×C×H×W
@@ -51,7 +52,7 @@ class SynthesisSources:
 def latent_mixing(sources: SynthesisSources, config: VariantConfig, method: str, k: int | None = None) -> np.ndarray:
     """G of mixed latents: eq. 4 (``mlm``), eq. 6 (``dmr``, one latent) or eq. 7 (``dmr_mlm``)."""
     mixed, _, _ = synthesize_latents(
-        np.asarray(sources.latents[:]), sources.labels, np.asarray(sources.class_means[:]), method=method,
+        np.asarray(sources.latents[:]), sources.latent_labels, np.asarray(sources.class_means[:]), method=method,
         k=config.k if k is None else k, num_samples=config.num_samples, lambda_dist=config.lambda_dist,
         lambda_min=config.lambda_min, lambda_max=config.lambda_max, seed=config.seed)
     return sources.decode(mixed)

@@ -26,7 +26,8 @@ from torch.nn import functional as nnf
 from ..device import autocast, batch_loader, resolve_device
 from ..images import to_float_images
 from ..nets.critic import PatchCritic
-from ..nets.generator import ConvVAE
+from ..nets.external_generator import load_external_generator, probe_fingerprint
+from ..nets.generator import EXTERNAL_KIND, ConvVAE, build_generator
 from .loop import BatchLoss, check_finite, run_epochs, seed_everything
 
 
@@ -46,10 +47,11 @@ class GeneratorTrainingConfig:
 
 
 def vae_loss(model: ConvVAE, images: Tensor, beta_kl: float, perceptual: nn.Module | None = None,
-             perceptual_weight: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
-    """(G(w), summed squared error, loss): the negative ELBO per image, squared error + β·KL(q(w|x) ‖ N(0, I)),
-    plus ``perceptual_weight · perceptual(G(w), x)`` when ``perceptual`` is given."""
-    reconstructions, squared_error, kl = model.elbo_terms(images)
+             perceptual_weight: float = 0.0, labels: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(G(w), summed squared error, loss): the negative ELBO per image, squared error + β·KL(q(z|x) ‖ N(0, I)),
+    plus ``perceptual_weight · perceptual(G(w), x)`` when ``perceptual`` is given; ``labels`` for a
+    class-conditional VAE (w = M(z, y))."""
+    reconstructions, squared_error, kl = model.elbo_terms(images, labels)
     loss = squared_error + beta_kl * kl
     if perceptual is not None:
         loss = loss + perceptual_weight * perceptual(reconstructions, images)
@@ -70,7 +72,7 @@ def balance_weight(reconstruction: Tensor, adversarial: Tensor, last_layer: Tens
 
 def train_generator(
     model: ConvVAE, images: np.ndarray, config: GeneratorTrainingConfig, perceptual: nn.Module | None = None,
-    device: torch.device | None = None,
+    device: torch.device | None = None, labels: np.ndarray | None = None,
 ) -> list[float]:
     """Adam on the negative ELBO with random horizontal flips; returns the mean VAE loss per epoch (with the
     perceptual term where it applies, never the adversarial one). The images stay resident on ``device``
@@ -79,7 +81,8 @@ def train_generator(
     ``perceptual``: a loss of (reconstructions, images) used from epoch ``perceptual_start_epoch`` (0-based) on
     when ``perceptual_weight`` > 0. With ``adversarial_weight`` > 0 the first ``adversarial_start_epoch`` epochs
     train the VAE alone (the critic has nothing to judge while the decoder outputs noise); then the decoder and
-    the critic alternate one step each, both with Adam(0.5, 0.9)."""
+    the critic alternate one step each, both with Adam(0.5, 0.9). A class-conditional VAE trains with the
+    images' ``labels``; its prior samples for the critic are M(z, y) with the batch's classes."""
     c = config
     device = device or resolve_device()
     rng = seed_everything(c.seed)
@@ -90,8 +93,13 @@ def train_generator(
     if use_perceptual:
         perceptual.to(device)
     critic = PatchCritic().to(device).train() if c.adversarial_weight > 0 else None
-    loader = batch_loader(torch.from_numpy(images).to(device), batch_size=c.batch_size, shuffle=True,
-                          rng=rng, drop_last=len(images) > c.batch_size)
+    tensors = [torch.from_numpy(images).to(device)]
+    if model.conditional:
+        if labels is None:
+            raise ValueError("a class-conditional generator trains with the images' classes: pass labels")
+        tensors.append(torch.from_numpy(np.asarray(labels).astype(np.int64)).to(device))
+    loader = batch_loader(*tensors, batch_size=c.batch_size, shuffle=True, rng=rng,
+                          drop_last=len(images) > c.batch_size)
     if critic is None:
         optimizer = torch.optim.Adam(model.parameters(), lr=c.lr)
     else:
@@ -102,16 +110,18 @@ def train_generator(
     judged: dict[str, Tensor] = {}  # this step's real and fake images, for the critic's step after the decoder's
 
     def batch_loss(batch, epoch: int) -> BatchLoss:
-        (x,) = batch
+        x, *y = batch
+        y = y[0] if y else None
         x = to_float_images(x)
         flip = (torch.rand(len(x), generator=rng) < 0.5).to(device)
         x[flip] = x[flip].flip(3)
         with autocast(device):
             term = perceptual if use_perceptual and epoch >= c.perceptual_start_epoch else None
-            reconstructions, squared_error, loss = vae_loss(model, x, c.beta_kl, term, c.perceptual_weight)
+            reconstructions, squared_error, loss = vae_loss(model, x, c.beta_kl, term, c.perceptual_weight, y)
             if critic is None or epoch < c.adversarial_start_epoch:
                 return BatchLoss(loss, len(x))
-            prior = model.decode(torch.randn(len(x), model.config["latent_dim"], generator=rng).to(device))
+            z = torch.randn(len(x), model.config["latent_dim"], generator=rng).to(device)
+            prior = model.decode(model.latent_of(z, y))
             fakes = torch.cat([reconstructions, prior])
             critic.requires_grad_(False)
             adversarial = -critic(fakes).float().mean()
@@ -135,3 +145,30 @@ def train_generator(
                          after_step=critic_step if critic is not None else None)
     model.eval().requires_grad_(False)
     return history
+
+
+@dataclass
+class PreparedGenerator:
+    model: nn.Module
+    history: list[float]        # the training loss per epoch (empty for an external generator)
+    config: dict                # what rebuilds it: the architecture's keys, or an external entry point and options
+    extra: dict                 # further fields of its checkpoint
+
+
+def prepare_generator(
+    kind: str, architecture: dict, config: GeneratorTrainingConfig, images: np.ndarray, labels: np.ndarray,
+    num_classes: int, perceptual: nn.Module | None = None, entry_point: str | None = None,
+    options: dict | None = None,
+) -> PreparedGenerator:
+    """The generator of ``kind``: trained on the ID training images (a class-conditional kind with their labels),
+    or, for ``external``, the user's pretrained one loaded through ``entry_point`` (never trained here; its
+    checkpoint keeps the entry point, its options and a fingerprint of what it decodes)."""
+    if kind == EXTERNAL_KIND:
+        model = load_external_generator(entry_point, options)
+        return PreparedGenerator(model, [], {"entry_point": entry_point, "options": dict(options or {})},
+                                 {"probe_sha256": probe_fingerprint(model)})
+    seed_everything(config.seed)  # the weight initialisation draws from the global RNG
+    conditional = {"num_classes": num_classes} if kind == "cond_style_vae" else {}
+    model = build_generator(kind, **architecture, **conditional)
+    history = train_generator(model, images, config, perceptual, labels=labels if model.conditional else None)
+    return PreparedGenerator(model, history, model.config, {})
