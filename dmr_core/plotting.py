@@ -44,6 +44,43 @@ def save_image_grid(rows: list[tuple[str, np.ndarray]], path: str | Path, ncols:
     _save(fig, path)
 
 
+def _rows(features: np.ndarray, most: int) -> np.ndarray:
+    """Up to ``most`` evenly spaced rows, flattened to float32 (N × D): a picture needs no more."""
+    pick = np.linspace(0, len(features) - 1, min(most, len(features))).astype(int)
+    return np.asarray(features[pick], dtype=np.float32).reshape(len(pick), -1)
+
+
+def _common_edges(values: list[np.ndarray], bins: int) -> np.ndarray:
+    lo, hi = min(v.min() for v in values), max(v.max() for v in values)
+    return np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
+
+
+def save_feature_histograms(id_features: np.ndarray, synth_features: np.ndarray, path: str | Path, title: str,
+                            bins: int = 60, most: int = 2000) -> None:
+    """Synthesised vs ID features, for a set synthesised in feature space (no images to show): histograms of the
+    per-sample norm ‖f‖ and of the coordinate values (log counts; the share below zero in the legend), each from
+    up to ``most`` evenly spaced samples of each set."""
+    sets = {"ID training": _rows(id_features, most), "synthesised OOD": _rows(synth_features, most)}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.2))
+    norms = {name: np.linalg.norm(f, axis=1) for name, f in sets.items()}
+    edges = _common_edges(list(norms.values()), bins)
+    for name, v in norms.items():
+        left.hist(v, edges, alpha=0.55, density=True, label=name)
+    left.set_xlabel("norm ‖f‖ per sample")
+    left.set_ylabel("density")
+    edges = _common_edges([f.ravel() for f in sets.values()], bins)
+    for name, f in sets.items():
+        right.hist(f.ravel(), edges, alpha=0.55, label=f"{name} ({(f < 0).mean():.0%} below 0)")
+    right.set_xlabel("coordinate values")
+    right.set_ylabel("count")
+    right.set_yscale("log")
+    for ax in (left, right):
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def save_score_histograms(id_scores: np.ndarray, ood_scores: dict[str, np.ndarray], path: str | Path,
                           bins: int, title: str) -> None:
     """ID vs each OOD set score histograms, one panel per set."""

@@ -1,5 +1,6 @@
 """Stage synth_baseline@<variant>: an OOD-synthesis method of the variant table through the same rejection-head
-training as DMR, so that only the synthesised set differs. Writes the fields of metrics/eval.json and a sample grid."""
+training as DMR, so that only the synthesised set differs. Writes the fields of metrics/eval.json and a picture of the
+set (a sample grid of images; for a set synthesised in feature space, its feature histograms)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from dmr_core.errors import ParamsError
 from dmr_core.nets.classifier import load_classifier
 from dmr_core.nets.generator import decode_to_images, load_generator
 from dmr_core.params import Params
-from dmr_core.plotting import save_image_grid
+from dmr_core.synthesis.baseline import save_synthesised_plot, synthesised_count, train_head_on_synthesised
 from dmr_core.synthesis.variants import VARIANTS, SynthesisSources, VariantConfig
-from dmr_core.training.head import HeadConfig, train_head_on_images
+from dmr_core.training.head import HeadConfig
 
 from ._common import ood_features, open_features, run
 
@@ -28,6 +29,7 @@ def main(params: Params, variant: str, train: Path, latents: Path, class_means: 
     h = params.head
     model = load_classifier(classifier, params.features.layer)
     group = open_features(features)
+    id_features = np.asarray(group["id_train"][h.feature][:])
     encoded = open_zarr(latents, "the latents (stage latents)")
     sources = SynthesisSources(
         labels=np.asarray(open_zarr(train, "the datasets (stage data)")["labels"][:]).astype(np.int64),
@@ -36,17 +38,16 @@ def main(params: Params, variant: str, train: Path, latents: Path, class_means: 
         class_means=open_zarr(class_means, "the class means (stage class_means)")["means"],
         decode=partial(decode_to_images, load_generator(generator), batch_size=params.synth.batch_size),
         feature_maps=group["id_train"]["feature_map"], logits=group["id_train"]["logits"],
-        class_weights=model.classifier_head().weight.detach())
-    images = VARIANTS[variant].synthesise(sources, params.synth_baselines.to(VariantConfig))
-    trained = train_head_on_images(model, np.asarray(group["id_train"][h.feature][:]), images, h.feature,
-                                   h.to(HeadConfig), params.features.batch_size)
+        class_weights=model.classifier_head().weight.detach(), id_features=id_features)
+    synthesised = VARIANTS[variant].synthesise(sources, params.synth_baselines.to(VariantConfig))
+    trained = train_head_on_synthesised(model, id_features, synthesised, h.feature, h.to(HeadConfig),
+                                        params.features.batch_size)
     result = evaluate_head(trained.head, group["id_test"][h.feature], ood_features(group, h.feature))
     write_json(metrics, {
-        "method": variant, "feature": h.feature, "synthesised_images": int(len(images)),
+        "method": variant, "feature": h.feature, **synthesised_count(synthesised),
         "train_loss_per_epoch": [round(v, 5) for v in trained.history], **result.metrics})
     print(f"synth baseline {variant}: mean AUROC {result.metrics['mean']['AUROC']:.2f}")
-    show = np.linspace(0, len(images) - 1, min(32, len(images))).astype(int)
-    save_image_grid([(f"{variant}: synthesised OOD training images", images[show])], plot, ncols=16)
+    save_synthesised_plot(synthesised, id_features, h.feature, plot, variant)
 
 
 if __name__ == "__main__":

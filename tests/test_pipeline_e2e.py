@@ -45,17 +45,19 @@ def test_report_lists_every_method_and_set(tiny_project):
         assert set(per_set["icons"]) == eval_fields, name
     for variant in SYNTH_BASELINES:
         metrics = json.loads((tiny_project / "metrics" / "synth_baselines" / f"{variant}.json").read_text())
-        assert metrics["synthesised_images"] == (200 if variant == "dmr_kirby" else 100)
+        kind = "features" if variant == "feature_dmr" else "images"  # eq. 7 on F's features: no images
+        assert metrics[f"synthesised_{kind}"] == (200 if variant == "dmr_kirby" else 100)
         assert (tiny_project / "plots" / "synth_baselines" / f"{variant}.png").stat().st_size > 0
     report = (tiny_project / "metrics" / "report.md").read_text()
     for method in list(baselines) + ["DMR (DMR+MLM, eq. 7)", "MLM (eq. 4)", "DMR-single (eq. 6)", "MIM", "KIRBY",
-                                     "DMR + KIRBY", "DMR + KNN (combined)"]:
+                                     "DMR + KIRBY", "DMR in F's feature space (eq. 7, no generator)",
+                                     "DMR + KNN (combined)"]:
         assert f"| {method} |" in report, method
     assert "Paper sets not evaluated here: svhn, textures, lsun_crop, tinyimagenet_crop, places365" in report
     assert (tiny_project / "plots" / "report" / "mean_auroc.png").stat().st_size > 0
     csv = (tiny_project / "metrics" / "report.csv").read_text().splitlines()
     assert csv[0] == "method,kind,set,auroc,aupr_out,fpr95tpr,paper_auroc,paper_aupr_out"
-    assert len(csv) == 1 + 19 * 9  # 18 methods and the combined row x (6 sets + near, far and overall mean)
+    assert len(csv) == 1 + 20 * 9  # 19 methods and the combined row x (6 sets + near, far and overall mean)
     assert "| method | kind | textures_partial | icons | scenes_crop | tinyimagenet_part | gaussian | gaussian_raw | " \
            "near-OOD mean | far-OOD mean | mean |" in report
     combined = json.loads((tiny_project / "metrics" / "combined.json").read_text())

@@ -8,7 +8,7 @@ from dmr_core.nets.features import extract_features
 from dmr_core.synthesis.kirby import class_activation_maps, erase_and_inpaint
 from dmr_core.synthesis.latent_mixing import class_means, sample_sources, synthesize_latents
 from dmr_core.synthesis.mim import pixel_mixup
-from dmr_core.synthesis.variants import VARIANTS, SynthesisSources, VariantConfig
+from dmr_core.synthesis.variants import VARIANTS, SynthesisedFeatures, SynthesisSources, VariantConfig
 
 
 def tiny_images(n=40, seed=0):
@@ -80,12 +80,16 @@ def test_every_variant_synthesises_from_the_same_sources():
     sources = SynthesisSources(labels=labels, images=images, latents=latents, latent_labels=labels,
                                class_means=class_means(latents, labels, 10)[0], decode=decode,
                                feature_maps=feats["feature_map"], logits=feats["logits"],
-                               class_weights=model.classifier_head().weight.detach())
+                               class_weights=model.classifier_head().weight.detach(),
+                               id_features=feats["feature_map"])
     config = VariantConfig(k=3, lambda_dist="uniform", lambda_min=1.0, lambda_max=3.0, num_samples=20,
                            kirby_threshold=0.3, seed=0)
     made = {name: variant.synthesise(sources, config) for name, variant in VARIANTS.items()}
     assert {name: len(out) for name, out in made.items()} == {"mlm": 20, "dmr": 20, "mim": 20, "kirby": 20,
-                                                               "dmr_kirby": 40}
+                                                               "dmr_kirby": 40, "feature_dmr": 20}
+    features = made.pop("feature_dmr")
+    assert isinstance(features, SynthesisedFeatures)
+    assert features.features.shape[1:] == feats["feature_map"].shape[1:] and features.features.dtype == np.float16
     assert all(out.dtype == np.uint8 and out.shape[1:] == (32, 32, 3) for out in made.values())
     np.testing.assert_array_equal(made["dmr_kirby"][20:], made["kirby"])  # the union holds the KIRBY set as is
     # the latent variants decode eq. 4 (k = 3) and eq. 6 (k = 1) with these settings

@@ -111,15 +111,23 @@ def mean_marginal_norm(latents: np.ndarray, labels: np.ndarray, means: np.ndarra
 def synthesize_latents(
     latents: np.ndarray, labels: np.ndarray, means: np.ndarray, *, method: str, k: int, num_samples: int,
     lambda_dist: str, lambda_min: float, lambda_max: float, seed: int, normalise: bool = False,
+    batch_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw sources and λ with ``seed`` and mix; returns (mixed latents, source indices, λ).
 
-    ``normalise``: rescale every marginal to the mean marginal norm r̄ before mixing (``mix_latents``)."""
+    ``normalise``: rescale every marginal to the mean marginal norm r̄ before mixing (``mix_latents``).
+    ``batch_size``: mix that many samples at a time (None: all at once). Each sample is mixed on its own, so the
+    result is the same; it bounds the memory of the gathered num_samples × k sources, large when the "latents"
+    are a classifier's feature maps."""
     rng = np.random.default_rng(seed)
     sources = sample_sources(labels, k, num_samples, rng)
     lambdas = (np.ones(num_samples, np.float32) if method == "mlm"
                else sample_lambdas(num_samples, lambda_dist, lambda_min, lambda_max, rng))
     source_labels = np.asarray(labels).astype(np.int64)[sources]
     norm = mean_marginal_norm(latents, labels, means) if normalise and method != "mlm" else None
-    mixed = mix_latents(latents[sources], means[source_labels], lambdas, method, norm)
-    return mixed.astype(np.float32), sources, lambdas
+    step = batch_size or max(num_samples, 1)
+    mixed = np.concatenate([
+        mix_latents(latents[sources[i:i + step]], means[source_labels[i:i + step]], lambdas[i:i + step], method,
+                    norm).astype(np.float32)
+        for i in range(0, max(num_samples, 1), step)])
+    return mixed, sources, lambdas

@@ -1,8 +1,10 @@
 """The table of OOD-synthesis baselines DMR is compared with, each a function of the same sources and settings.
 
-Every variant returns uint8 N×32×32×3 images that train a rejection head exactly as DMR's do, so that only the
-synthesised set differs. Adding a variant means adding an entry to ``VARIANTS``; params validation and the
-report read their names from here.
+A variant returns either uint8 N×32×32×3 images, which train a rejection head exactly as DMR's do (F's features of
+them against the ID training features), or ``SynthesisedFeatures``: a set synthesised directly in the
+representation the head reads, which trains the head as it is. Either way only the synthesised set differs.
+Adding a variant means adding an entry to ``VARIANTS``; params validation and the report read their names from
+here, and ``synthesis.baseline`` trains the head on (and pictures) whichever kind a variant returns.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from .kirby import class_activation_maps, erase_and_inpaint
-from .latent_mixing import sample_sources, synthesize_latents
+from .latent_mixing import class_means, sample_sources, synthesize_latents
 from .mim import pixel_mixup
 
 
@@ -47,6 +49,21 @@ class SynthesisSources:
     feature_maps: Any                           # F's last feature map of each ID training image, N×C×H×W
     logits: Any                                 # F's logits of each
     class_weights: torch.Tensor                 # F's last linear layer (classes × C), for class activation maps
+    id_features: Any                            # F's representation the head reads (head.feature) of each
+
+
+@dataclass(frozen=True)
+class SynthesisedFeatures:
+    """A synthesised OOD set given in F's representation that the head reads (``head.feature``), N × its shape,
+    instead of as images: the head trains on it as it is, with no image and no feature extraction in between."""
+
+    features: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+Synthesised = np.ndarray | SynthesisedFeatures  # what a variant returns: uint8 images, or features
 
 
 def latent_mixing(sources: SynthesisSources, config: VariantConfig, method: str, k: int | None = None) -> np.ndarray:
@@ -80,10 +97,44 @@ def dmr_kirby(sources: SynthesisSources, config: VariantConfig) -> np.ndarray:
     return np.concatenate([latent_mixing(sources, config, "dmr_mlm"), kirby(sources, config)])
 
 
+# samples mixed at a time by feature_dmr: bounds the gathered k source feature maps per sample (all 25,000 × 5 of
+# resnet20's 64×8×8 at once take some 5 GB); each sample is mixed on its own, so the result does not depend on it
+FEATURE_MIX_ROWS = 1000
+
+
+def feature_dmr(sources: SynthesisSources, config: VariantConfig) -> SynthesisedFeatures:
+    """The feature-space ablation of DMR: eq. 7 applied to the frozen classifier's own representation instead of a
+    generator's latent, i.e. E = the layer of F the head reads and no decoding:
+
+        f_ood = λ · (1/k) Σ_i (f_i − μ^F_{y_i}),   μ^F_y = the mean of f over the ID training images of class y,
+
+    with f = F's ``head.feature`` representation of the ID training images (the features stage), the k sources
+    from k distinct classes and λ drawn as for the latent variants (``synthesize_latents``, these settings;
+    k = 1 gives eq. 6). The head then trains on f_ood directly: the row measures what the generator contributes.
+
+    Non-negativity: F's feature map (after a ReLU) and, for the built-in architectures, its penultimate layer are
+    non-negative, while eq. 7's marginals are centred on zero, so many coordinates of f_ood are negative. They are
+    left as eq. 7 gives them: the head sees exactly the equation's output, so the ablation changes nothing but the
+    generator (clipping at zero would add a one-layer "decoder" of our own), and the feature-space synthesis
+    methods (VOS, NPOS) also sample freely in feature space. Mapping a marginal back among images, and so among
+    the features F gives images, is what G does in the latent variants and what this row goes without.
+
+    Returned in the dtype of the ID features (float16 for the feature map, as F's features of synthesised images
+    are), so that the head is given both classes at the same precision."""
+    features = np.asarray(sources.id_features[:])
+    labels = np.asarray(sources.labels).astype(np.int64)
+    means, _ = class_means(features, labels, int(labels.max()) + 1)
+    mixed, _, _ = synthesize_latents(
+        features, labels, means, method="dmr_mlm", k=config.k, num_samples=config.num_samples,
+        lambda_dist=config.lambda_dist, lambda_min=config.lambda_min, lambda_max=config.lambda_max, seed=config.seed,
+        batch_size=FEATURE_MIX_ROWS)
+    return SynthesisedFeatures(mixed.astype(features.dtype))
+
+
 @dataclass(frozen=True)
 class Variant:
     title: str                                                      # its row in the report
-    synthesise: Callable[[SynthesisSources, VariantConfig], np.ndarray]
+    synthesise: Callable[[SynthesisSources, VariantConfig], Synthesised]
     paper_table1_row: str | None = None                             # the paper's row for it, where it has one
     paper_table3_row: str | None = None
 
@@ -94,4 +145,5 @@ VARIANTS: dict[str, Variant] = {
     "mim": Variant("MIM", mim, paper_table1_row="MIM"),
     "kirby": Variant("KIRBY", kirby, paper_table1_row="KIRBY"),
     "dmr_kirby": Variant("DMR + KIRBY", dmr_kirby),
+    "feature_dmr": Variant("DMR in F's feature space (eq. 7, no generator)", feature_dmr),
 }
