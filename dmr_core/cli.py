@@ -60,6 +60,98 @@ def stage(name: str = typer.Argument(..., help="a stage of dvc.yaml, e.g. eval o
     raise typer.Exit(subprocess.run(argv).returncode)
 
 
+@app.command("profiles")
+def list_profiles() -> None:
+    """List the experiment profiles, one per configuration of the paper's tables: what each reproduces, what it
+    needs to be worth running (a GPU, the internet), and a note. Run one with `dmr exp NAME`."""
+    import textwrap
+
+    from .profiles.compose import load_profile, profile_names
+
+    for name in profile_names():
+        profile = load_profile(name)
+        typer.echo(f"{name}  (needs {', '.join(profile.needs) or 'nothing beyond a CPU'})")
+        for text in (profile.paper, profile.note):
+            typer.echo(textwrap.fill(text, 116, initial_indent="    ", subsequent_indent="    "))
+
+
+def experiments_on_head() -> set[str]:
+    """The names of the DVC experiments whose baseline is the current commit (DVC keeps one name per commit);
+    empty outside a git repository, where `dvc exp run` says what is wrong itself."""
+    from dvc.repo.experiments.refs import ExpRefInfo
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    if head.returncode != 0:
+        return set()
+    prefix = str(ExpRefInfo(head.stdout.strip())) + "/"
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", prefix], capture_output=True, text=True,
+                          check=False)
+    return {ref.removeprefix(prefix) for ref in refs.stdout.split()}
+
+
+@app.command()
+def exp(
+    profile: str = typer.Argument(..., help="a profile, e.g. table1_cifar10_wrn40_2 (`dmr profiles` lists them)"),
+    set_params: list[str] = typer.Option([], "-S", "--set-param", metavar="KEY=VALUE",
+                                         help="a params value over the profile's, as `dvc exp run -S` takes it"),
+    queue: bool = typer.Option(False, "--queue", help="queue the experiment (`dvc queue start` runs the queue)"),
+    name: str | None = typer.Option(None, "--name", "-n", help="the experiment's name (default: the profile's)"),
+    replace: bool = typer.Option(False, "--replace",
+                                 help="remove an experiment of that name on this commit first (`dvc exp remove`)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate and print the dvc command(s), run nothing"),
+) -> None:
+    """Run a profile as a DVC experiment: params.yaml with the profile's values and then the -S values over it,
+    validated as every stage validates them (one line on error), then `dvc exp run -n NAME -S key=value ...` (the
+    command is printed first). DVC refuses a second experiment of one name on the same commit, so a name already
+    taken gets a suffix (NAME-2, …) unless --replace removes the old experiment first."""
+    from .device import resolve_device
+    from .params import parse_params, read_params_file
+    from .profiles.compose import (
+        NEEDS,
+        apply_overrides,
+        changed_overrides,
+        compose_overrides,
+        exp_run_command,
+        free_name,
+        load_profile,
+        parse_assignment,
+    )
+
+    try:
+        chosen = load_profile(profile)
+        extra = [parse_assignment(text) for text in set_params]
+        raw = read_params_file("params.yaml")
+        overrides = compose_overrides(chosen, extra)
+        parse_params(apply_overrides(raw, overrides))
+        command = exp_run_command("-", changed_overrides(raw, overrides), queue)  # the values, checked first
+    except ParamsError as err:
+        _fail(f"profile {profile}: {err}")
+    wanted = name or chosen.name
+    commands = []
+    if wanted in experiments_on_head():
+        if replace:
+            commands.append(["dvc", "exp", "remove", wanted])
+        else:
+            taken = free_name(wanted, experiments_on_head())
+            typer.echo(f"an experiment named {wanted!r} exists on this commit; this one is {taken!r} (--replace "
+                       "removes the old one instead)")
+            wanted = taken
+    command[command.index("-n") + 1] = wanted
+    commands.append(command)
+    for need in chosen.needs:
+        typer.echo(f"needs {NEEDS[need]}")
+    try:
+        device = resolve_device()
+    except ValueError as err:  # a DMR_DEVICE the stages would refuse
+        _fail(str(err))
+    if "gpu" in chosen.needs and device.type != "cuda":
+        typer.echo("no GPU is visible here: on the CPU this run takes hours to days")
+    for argv in commands:
+        typer.echo("$ " + shlex.join(argv))
+        if not dry_run and (code := subprocess.run(argv, check=False).returncode) != 0:
+            raise typer.Exit(code)
+
+
 class MetricsError(ValueError):
     """A metrics file that cannot be read or does not have the shape its stage writes."""
 

@@ -33,7 +33,7 @@ from .data.datasets import (
 from .data.sources import is_archive
 from .detectors.posthoc import DETECTORS
 from .errors import DataError, ParamsError
-from .nets.classifier import ARCH_NAMES, PRETRAINED_FILES, TORCHVISION_PREFIX, architecture_layout
+from .nets.classifier import ARCH_NAMES, DROPOUT_ARCHS, PRETRAINED_FILES, TORCHVISION_PREFIX, architecture_layout
 from .nets.classifier_base import AUTO_LAYER
 from .nets.features import REPRESENTATIONS
 from .nets.external_generator import ENTRY_POINT
@@ -178,6 +178,8 @@ class ClassifierParams(_Section):
     lr: float = Field(gt=0)
     momentum: float = Field(ge=0, lt=1)
     weight_decay: float = Field(ge=0)
+    dropout: float = Field(ge=0, lt=1, description="> 0 only for the architectures that have a dropout (checked in "
+                                                   "Params)")
     seed: Seed
 
     @field_validator("arch", mode="before")
@@ -424,6 +426,10 @@ def _problems(p: Params) -> Iterator[str]:
         yield (f"classifier.init = 'pretrained' with classifier.arch = {c.arch!r}: pretrained weights exist for "
                f"{', '.join(PRETRAINED_FILES)} and the {TORCHVISION_PREFIX}<name> models only; set classifier.init: "
                "scratch")
+    if c.dropout > 0 and c.arch not in DROPOUT_ARCHS:
+        yield (f"classifier.dropout = {c.dropout} with classifier.arch = {c.arch!r}: only "
+               f"{', '.join(DROPOUT_ARCHS)} {'has' if len(DROPOUT_ARCHS) == 1 else 'have'} a dropout; set "
+               "classifier.dropout: 0")
     if c.init == "scratch" and c.epochs == 0:
         yield ("classifier.init = 'scratch' with classifier.epochs = 0 would evaluate an untrained classifier; set "
                "classifier.epochs >= 1")

@@ -29,7 +29,7 @@ def main(params: Params, train: Path, test: Path, out: Path, metrics: Path) -> N
     provenance = ({"checkpoint": p.checkpoint, "checkpoint_sha256": file_sha256(p.checkpoint)}
                   if p.init == "checkpoint" and p.checkpoint is not None else {})
     seed_everything(p.seed)  # a from-scratch initialisation draws from the global RNG
-    model = initial_classifier(p.arch, p.init, len(class_names), class_names, p.checkpoint)
+    model = initial_classifier(p.arch, p.init, len(class_names), class_names, p.checkpoint, p.dropout)
     before = accuracy(model, test_x, test_y) if p.init != "scratch" else None
     history = train_classifier(model, train_x, train_y, p.to(ClassifierTrainingConfig))
     test_accuracy = accuracy(model, test_x, test_y)

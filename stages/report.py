@@ -8,10 +8,10 @@ from pathlib import Path
 
 from dmr_core.data.artifacts import atomic_output
 from dmr_core.evaluation.report import (
-    DMR_NAME,
     build_table,
     collect,
     describe_synthesis,
+    dmr_row_name,
     paper_tables,
     render_markdown,
 )
@@ -31,16 +31,21 @@ def _read(path: Path) -> dict:
 def main(params: Params, eval_metrics: Path, baselines: Path, combined: Path, synth_baselines: Path, classifier: Path,
          data: Path, out_md: Path, out_csv: Path, plot: Path) -> None:
     synth = {v: _read(synth_baselines / f"{v}.json") for v in params.synth_baselines.variants}
-    methods = collect(_read(eval_metrics), _read(baselines), synth, _read(combined))
-    data_metrics = _read(data)
-    table = build_table(methods, paper_tables(), data_metrics.get("id_set", "cifar10"))
+    method = params.synth.method
+    methods = collect(_read(eval_metrics), _read(baselines), synth, _read(combined), method)
+    data_metrics, classifier_metrics, paper = _read(data), _read(classifier), paper_tables()
+    # the paper's table is chosen by the ID set and the classifier's architecture together
+    table = build_table(methods, paper, data_metrics.get("id_set", "cifar10"), str(classifier_metrics.get("arch")),
+                        method)
     with atomic_output(out_csv) as tmp:
         table.to_csv(tmp, index=False)
-    markdown = render_markdown(table, data_metrics, _read(classifier), describe_synthesis(params.synth.to(SynthConfig)))
+    markdown = render_markdown(table, data_metrics, classifier_metrics, describe_synthesis(params.synth.to(SynthConfig)),
+                               paper)
     with atomic_output(out_md) as tmp:
         tmp.write_text(markdown)
     means = table[table["set"] == "mean"].set_index("method")["auroc"].to_dict()
-    save_bar_chart(means, plot, "Mean AUROC over the evaluated OOD sets", "AUROC (%)", highlight=(DMR_NAME,))
+    save_bar_chart(means, plot, "Mean AUROC over the evaluated OOD sets", "AUROC (%)",
+                   highlight=(dmr_row_name(method),))
     print(markdown)
 
 

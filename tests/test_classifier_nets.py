@@ -374,3 +374,53 @@ def test_params_checkpoint_rules(tmp_path, monkeypatch):
     for outside in (str(tmp_path / "models" / "mine.pt"), "mine.pt", "models/../mine.pt"):
         _refused(r"classifier\.checkpoint = .*: put the checkpoint in the project's models/ folder",
                  {"init": "checkpoint", "checkpoint": outside})
+
+
+# ---- the paper's recipe: WRN-40-2's dropout, every architecture trainable ------------------------------------
+
+
+def test_wrn_dropout_zero_builds_the_same_network_and_draws_no_random_number():
+    torch.manual_seed(0)
+    plain = build_classifier("wrn40_2")
+    after_build = torch.get_rng_state()
+    torch.manual_seed(0)
+    zero = build_classifier("wrn40_2", dropout=0.0)
+    assert torch.equal(torch.get_rng_state(), after_build)
+    torch.manual_seed(0)
+    dropped = build_classifier("wrn40_2", dropout=0.3)
+    for other in (zero, dropped):  # the same weights and keys: checkpoints load either way
+        state = other.state_dict()
+        assert list(state) == list(plain.state_dict())
+        assert all(torch.equal(state[k], v) for k, v in plain.state_dict().items())
+    x = torch.rand(2, 3, 32, 32)
+    before = torch.get_rng_state()
+    plain.train()(x)  # (this also moves its BatchNorm statistics: it is not compared below)
+    assert torch.equal(torch.get_rng_state(), before)  # a training pass without dropout draws nothing
+    with torch.no_grad():
+        assert torch.equal(zero.eval()(x), dropped.eval()(x))  # dropout acts only in training
+        torch.manual_seed(2)
+        first = dropped.train()(x)
+        assert not torch.equal(first, dropped(x))  # a new mask per pass
+        torch.manual_seed(2)
+        assert torch.equal(first, dropped(x))  # drawn from the seeded generator
+
+
+def test_a_dropout_is_refused_for_the_architectures_that_have_none():
+    with pytest.raises(ParamsError, match=r"classifier\.dropout = 0\.3 with classifier\.arch = 'resnet50': only "
+                                          r"wrn40_2 has a dropout; set classifier\.dropout: 0"):
+        build_classifier("resnet50", dropout=0.3)
+    with pytest.raises(ParamsError, match=r"'resnet20': only wrn40_2 has a dropout"):
+        initial_classifier("resnet20", "pretrained", 10, dropout=0.1)  # before any weights are looked for
+    _refused(r"^invalid params: classifier\.dropout = 0\.3 with classifier\.arch = 'resnet20': only wrn40_2 has a "
+             r"dropout; set classifier\.dropout: 0$", {"dropout": 0.3})
+    assert _params({"arch": "wrn40_2", "init": "scratch", "dropout": 0.3}).classifier.dropout == 0.3
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "wrn40_2", "resnet50", "densenet121"])
+def test_every_builtin_architecture_takes_a_training_step(arch):
+    """Table 5's profiles train them from scratch (DenseNet-121's hookable final ReLU once broke the backward pass:
+    torchvision's in-place ReLU after it overwrote the output nn.ReLU keeps)."""
+    torch.manual_seed(0)
+    model = build_classifier(arch, num_classes=3, dropout=0.3 if arch == "wrn40_2" else 0.0).train()
+    nnf.cross_entropy(model(torch.rand(2, 3, 32, 32)), torch.tensor([0, 2])).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

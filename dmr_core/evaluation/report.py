@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib import resources
 
 import pandas as pd
@@ -10,17 +11,73 @@ import pandas as pd
 from ..detectors.posthoc import DETECTORS
 from ..evaluation.metrics import NEAR_OOD_SETS, SUMMARY_KEYS
 from ..synthesis.dmr import SynthConfig
+from ..synthesis.latent_mixing import METHODS
 from ..synthesis.variants import VARIANTS
 
 PAPER_SETS = ("svhn", "textures", "lsun_crop", "tinyimagenet_crop", "places365", "gaussian")
-DMR_NAME = "DMR (DMR+MLM, eq. 7)"
 COLUMN_TITLES = {"near_mean": "near-OOD mean", "far_mean": "far-OOD mean"}
-# our method name -> (the paper's Table 1 row, its Table 3 row), from the detector and synthesis-variant tables
+# The main pipeline's row, named after what synthesised its training set (synth.method), and the paper's rows it is
+# compared with: (its row in the per-set tables and Table 5, its row in Table 3). The paper's Table 1 DMR number is
+# what the authors' single-variant run gave and the paper prints the same number as Table 3's DMR+MLM, so both DMR
+# variants are compared with it; MLM alone has only Table 3's mean.
+DMR_ROWS = {
+    "dmr_mlm": ("DMR (DMR+MLM, eq. 7)", "DMR", "DMR+MLM"),
+    "dmr": ("DMR (DMR-single, eq. 6)", "DMR", "DMR-single"),
+    "mlm": ("DMR (MLM, eq. 4)", None, "MLM"),
+}
+assert set(DMR_ROWS) == set(METHODS), "every synth.method needs its row in the report"
+DMR_NAME = DMR_ROWS["dmr_mlm"][0]  # the default's
+# the synthesis variants in the paper's Table 2 only (CIFAR-100 against OE), not among the rows of Table 1
+TABLE2_ROWS = {"dmr_kirby": "DMR+KIRBY"}
+# our method name -> (its row in the paper's per-set tables and Table 5, its Table 3 row), from the detector and
+# synthesis-variant tables
 PAPER_ROWS = {
     **{name: (name if spec.in_paper_table1 else None, None) for name, spec in DETECTORS.items()},
-    **{v.title: (v.paper_table1_row, v.paper_table3_row) for v in VARIANTS.values()},
-    DMR_NAME: ("DMR", "DMR+MLM"),
+    **{v.title: (v.paper_table1_row or TABLE2_ROWS.get(key), v.paper_table3_row) for key, v in VARIANTS.items()},
 }
+
+# Which of the paper's tables hold numbers for an ID set and a classifier: per OOD set for WRN-40-2 (Table 1 for
+# CIFAR-10; Table 4 and, for DMR + KIRBY, Table 2 for CIFAR-100), the mean AUROC over its six sets for ResNet-50
+# and DenseNet-121 (Table 5, whose WRN-40-2 columns repeat Tables 1 and 4), and the synthesis ablation's means
+# for WRN-40-2 (Table 3).
+PER_SET_TABLES = {
+    ("cifar10", "wrn40_2"): (("table1_cifar10_wrn40_2", "Table 1"),),
+    ("cifar100", "wrn40_2"): (("table4_cifar100_wrn40_2", "Table 4"), ("table2_cifar100_vs_oe", "Table 2")),
+}
+MEAN_AUROC_TABLE = ("table5_mean_auroc_by_arch", "Table 5")
+ABLATION_TABLE = ("table3_ablation_mean", "Table 3")
+ABLATION_ARCH = "wrn40_2"
+ID_SET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+ARCH_TITLES = {"wrn40_2": "WRN-40-2", "resnet50": "ResNet-50", "densenet121": "DenseNet-121"}
+
+
+def dmr_row_name(method: str) -> str:
+    """The report's name of the main pipeline's row for ``synth.method``."""
+    return DMR_ROWS[method][0]
+
+
+@dataclass(frozen=True)
+class PaperReference:
+    """The paper's numbers for one ID set and one classifier architecture: the keys and titles of its tables with
+    a number per OOD set, whether Table 5 has the mean AUROC, and whether Table 3 applies."""
+
+    id_set: str
+    arch: str
+    per_set: tuple[tuple[str, str], ...]
+    mean_auroc: bool
+    ablation: bool
+
+
+def paper_reference(paper: dict, id_set: str, arch: str) -> PaperReference | None:
+    """What the paper reports for ``id_set`` (data.id_set) classified by ``arch`` (classifier.arch); None where it
+    reports nothing (another ID set, or another architecture: the paper trained WRN-40-2, ResNet-50 and
+    DenseNet-121 only)."""
+    per_set = PER_SET_TABLES.get((id_set, arch), ())
+    mean_auroc = not per_set and any(arch in row.get(id_set, {}) for row in paper[MEAN_AUROC_TABLE[0]].values())
+    ablation = arch == ABLATION_ARCH and any(id_set in row for row in paper[ABLATION_TABLE[0]].values())
+    if not (per_set or mean_auroc or ablation):
+        return None
+    return PaperReference(id_set, arch, per_set, mean_auroc, ablation)
 
 
 def paper_tables() -> dict:
@@ -28,14 +85,14 @@ def paper_tables() -> dict:
 
 
 def collect(eval_metrics: dict, baselines: dict, synth_baselines: dict[str, dict],
-            combined: dict | None = None) -> dict[str, tuple[str, dict]]:
+            combined: dict | None = None, method: str = "dmr_mlm") -> dict[str, tuple[str, dict]]:
     """{method: (kind, {set: {metric: value}})} from the metrics files of eval, baselines, combine and
-    synth_baseline."""
+    synth_baseline; the main pipeline's row is named after ``method`` (synth.method)."""
     def per_set(m: dict) -> dict:
         return {k: v for k, v in m.items() if isinstance(v, dict) and "AUROC" in v}
 
     methods = {name: ("post-hoc", per_set(m)) for name, m in baselines.get("detectors", {}).items()}
-    methods[DMR_NAME] = ("synthesis", per_set(eval_metrics))
+    methods[dmr_row_name(method)] = ("synthesis", per_set(eval_metrics))
     if combined and combined.get("method"):  # an extra row, never a replacement for DMR's own
         methods[combined["method"] + " (combined)"] = ("combined", per_set(combined))
     for variant, m in synth_baselines.items():
@@ -43,26 +100,37 @@ def collect(eval_metrics: dict, baselines: dict, synth_baselines: dict[str, dict
     return methods
 
 
-# the paper's per-set table (Table 1 for CIFAR-10, Table 4 for CIFAR-100; both WRN-40-2) and its title, per ID set
-PAPER_SET_TABLES = {"cifar10": ("table1_cifar10_wrn40_2", "Table 1"),
-                    "cifar100": ("table4_cifar100_wrn40_2", "Table 4")}
+def _paper_numbers(paper: dict, ref: PaperReference | None, rows: tuple[str | None, str | None],
+                   set_name: str) -> tuple[float | None, float | None]:
+    """(AUROC, AUPR) the paper gives for one of our rows (its paper rows ``rows``) on one set, or Nones."""
+    if ref is None:
+        return None, None
+    row, ablation_row = rows
+    for key, _ in ref.per_set:
+        if row and set_name in paper[key].get(row, {}):
+            return paper[key][row][set_name]["auroc"], paper[key][row][set_name]["aupr"]
+    if set_name != "mean":
+        return None, None
+    if ref.mean_auroc and row and ref.arch in paper[MEAN_AUROC_TABLE[0]].get(row, {}).get(ref.id_set, {}):
+        return paper[MEAN_AUROC_TABLE[0]][row][ref.id_set][ref.arch], None  # Table 5 gives no AUPR
+    if ref.ablation and ablation_row and ref.id_set in paper[ABLATION_TABLE[0]].get(ablation_row, {}):
+        numbers = paper[ABLATION_TABLE[0]][ablation_row][ref.id_set]
+        return numbers["auroc"], numbers["aupr"]
+    return None, None
 
 
-def build_table(methods: dict[str, tuple[str, dict]], paper: dict, id_set: str = "cifar10") -> pd.DataFrame:
-    """Long table: one row per (method, set) with our AUROC / AUPR-OUT and the paper's, where it has one: from the
-    paper's table for this ID set (none for a user's own set)."""
-    table1 = paper[PAPER_SET_TABLES[id_set][0]] if id_set in PAPER_SET_TABLES else {}
-    table3 = paper["table3_ablation_mean"]
+def build_table(methods: dict[str, tuple[str, dict]], paper: dict, id_set: str, arch: str,
+                method: str = "dmr_mlm") -> pd.DataFrame:
+    """Long table: one row per (method, set) with our AUROC / AUPR-OUT and the paper's, where the paper has a
+    table for this ID set and classifier architecture (:func:`paper_reference`); ``method`` is synth.method,
+    which says which of the paper's rows the main pipeline's row is compared with."""
+    ref = paper_reference(paper, id_set, arch)
+    rows_of = {**PAPER_ROWS, dmr_row_name(method): DMR_ROWS[method][1:]}
     rows = []
-    for method, (kind, sets) in methods.items():
-        t1, t3 = PAPER_ROWS.get(method, (None, None))
+    for name, (kind, sets) in methods.items():
         for set_name, m in sets.items():
-            paper_auroc = paper_aupr = None
-            if t1 and set_name in table1.get(t1, {}):
-                paper_auroc, paper_aupr = table1[t1][set_name]["auroc"], table1[t1][set_name]["aupr"]
-            elif t3 and set_name == "mean" and id_set in table3[t3]:
-                paper_auroc, paper_aupr = table3[t3][id_set]["auroc"], table3[t3][id_set]["aupr"]
-            rows.append({"method": method, "kind": kind, "set": set_name, "auroc": m["AUROC"],
+            paper_auroc, paper_aupr = _paper_numbers(paper, ref, rows_of.get(name, (None, None)), set_name)
+            rows.append({"method": name, "kind": kind, "set": set_name, "auroc": m["AUROC"],
                          "aupr_out": m["AUPR-OUT"], "fpr95tpr": m["FPR95TPR"],
                          "paper_auroc": paper_auroc, "paper_aupr_out": paper_aupr})
     return pd.DataFrame(rows)
@@ -79,9 +147,6 @@ def _cell(value: float, best: bool, paper: float | None) -> str:
     return text + (f" ({paper:.2f})" if paper is not None and paper == paper else "")
 
 
-ID_SET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-
-
 def _data_lines(data: dict) -> list[str]:
     """What the run evaluated and from where (the data stage's metrics), and how it compares with the paper."""
     id_set = data.get("id_set", "cifar10")
@@ -89,7 +154,7 @@ def _data_lines(data: dict) -> list[str]:
     sources = "; ".join(f"{name} from {info.get('source', '?')}" for name, info in data.get("ood", {}).items())
     suite = data.get("ood_suite", {})
     lines = [f"OOD sets ({suite.get('used', 'listed')} suite, data.ood_sets = {suite.get('asked')!r}): {sources}.", ""]
-    if id_set in PAPER_SET_TABLES:
+    if id_set in ID_SET_TITLES:  # the paper's ID sets: which of its OOD sets this run lacks, whatever the classifier
         not_evaluated = [s for s in PAPER_SETS if s not in evaluated]
         lines += [
             f"Paper sets not evaluated here: {', '.join(not_evaluated) or 'none'} (they are downloaded from the "
@@ -102,17 +167,38 @@ def _data_lines(data: dict) -> list[str]:
     return lines
 
 
-def render_markdown(table: pd.DataFrame, data: dict, classifier: dict, dmr_config: str = "") -> str:
+def paper_note_for(paper: dict, id_set: str, arch: str) -> str:
+    """The report's sentence on the paper's numbers in brackets: from which table, or why there are none."""
+    if id_set not in ID_SET_TITLES:
+        return "The paper has no numbers for this ID set."
+    ref = paper_reference(paper, id_set, arch)
+    title = f"{ID_SET_TITLES[id_set]} with {ARCH_TITLES.get(arch, arch)}"
+    if ref is None:
+        return (f"No paper table matches {title}: the paper reports WRN-40-2 per OOD set (Tables 1-4) and the mean "
+                "AUROC of ResNet-50 and DenseNet-121 (Table 5); `dmr profiles` lists the runs that reproduce them.")
+    parts = []
+    if ref.per_set:
+        parts.append(f"{' and '.join(title for _, title in ref.per_set)} per OOD set where the paper evaluated the "
+                     "same set")
+    if ref.mean_auroc:
+        parts.append(f"{MEAN_AUROC_TABLE[1]}: the mean AUROC only, no AUPR")
+    if ref.ablation:
+        parts.append(f"{ABLATION_TABLE[1]}'s mean for the MLM and DMR-single rows")
+    return (f"In brackets: the paper's number for {title} ({'; '.join(parts)}). The paper's mean is over its six "
+            "sets, so it is not the same average as ours.")
+
+
+def render_markdown(table: pd.DataFrame, data: dict, classifier: dict, dmr_config: str = "",
+                    paper: dict | None = None) -> str:
     """The report: AUROC and AUPR-OUT tables (best per column in bold, paper value in brackets). ``data`` is the
-    data stage's metrics: the ID set, the OOD sets evaluated and where each came from."""
+    data stage's metrics: the ID set, the OOD sets evaluated and where each came from; ``classifier`` the
+    classifier stage's (its arch says which paper table applies); ``paper`` the paper's tables
+    (:func:`paper_tables` when None)."""
     id_set = data.get("id_set", "cifar10")
     present = set(table["set"])
     sets = [s for s in data.get("ood", {}) if s in present] + [k for k in SUMMARY_KEYS if k in present]
     order = (table[table["set"] == "mean"].sort_values("auroc", ascending=False)["method"].tolist())
-    paper_note = (
-        f"In brackets: the paper's number (WRN-40-2, {PAPER_SET_TABLES[id_set][1]}; for MLM and DMR-single Table 3's "
-        "mean) where the paper evaluated the same set. The paper's mean is over its six sets, so it is not the same "
-        "average as ours." if id_set in PAPER_SET_TABLES else "The paper has no numbers for this ID set.")
+    paper_note = paper_note_for(paper_tables() if paper is None else paper, id_set, str(classifier.get("arch")))
     lines = [
         "# DMR vs. post-hoc detectors and other OOD-synthesis methods",
         "",

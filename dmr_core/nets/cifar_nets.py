@@ -96,8 +96,11 @@ class CifarResNet(Classifier):
 
 
 class _WideBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float = 0.0) -> None:
         super().__init__()
+        # a float, not an nn.Dropout: no module and no key in the state dict, so a network without dropout is
+        # built, named and saved exactly as before the option existed
+        self.dropout = dropout
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -109,18 +112,22 @@ class _WideBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         o = nnf.relu(self.bn1(x))
-        y = self.conv1(o)
-        y = self.conv2(nnf.relu(self.bn2(y)))
+        y = nnf.relu(self.bn2(self.conv1(o)))
+        if self.dropout > 0:  # between the two convolutions, as Zagoruyko & Komodakis; skipped at 0 so that no
+            y = nnf.dropout(y, self.dropout, self.training)  # random number is drawn (the RNG stream is unchanged)
+        y = self.conv2(y)
         return y + (x if self.shortcut is None else self.shortcut(o))
 
 
 class WideResNet(Classifier):
-    """WRN-depth-width (Zagoruyko & Komodakis 2016); WRN-40-2 is the paper's classifier."""
+    """WRN-depth-width (Zagoruyko & Komodakis 2016); WRN-40-2 is the paper's classifier. ``dropout`` is the
+    probability of the dropout between the two convolutions of every block while training (their "WRN-d-k with
+    dropout"; 0.3 in the recipe the paper's classifiers were trained with, Hendrycks et al.'s OE code base)."""
 
     # the final BN + ReLU: a module (without parameters, so old state dicts load) so that a hook can read it
     default_layer = pooled_layer = "relu"
 
-    def __init__(self, depth: int = 40, width: int = 2, num_classes: int = 10) -> None:
+    def __init__(self, depth: int = 40, width: int = 2, num_classes: int = 10, dropout: float = 0.0) -> None:
         super().__init__()
         n = (depth - 4) // 6
         widths = [16, 16 * width, 32 * width, 64 * width]
@@ -129,7 +136,7 @@ class WideResNet(Classifier):
         blocks, in_planes = [], widths[0]
         for planes, stride in zip(widths[1:], (1, 2, 2)):
             for i in range(n):
-                blocks.append(_WideBlock(in_planes, planes, stride if i == 0 else 1))
+                blocks.append(_WideBlock(in_planes, planes, stride if i == 0 else 1, dropout))
                 in_planes = planes
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(widths[3])
@@ -181,8 +188,10 @@ def cifar_densenet121(num_classes: int = 10) -> TorchvisionClassifier:
     net.features.conv0 = _cifar_stem(64)
     delattr(net.features, "pool0")
     # torchvision applies this ReLU functionally after ``features``; a module makes it hookable (applying ReLU
-    # twice changes nothing, and it has no parameters, so the state dict is torchvision's)
-    net.features.add_module("relu5", nn.ReLU())
+    # twice changes nothing, and it has no parameters, so the state dict is torchvision's). It is a Threshold at 0,
+    # the same function, because torchvision's ReLU after it runs in place: nn.ReLU keeps its output for the
+    # backward pass, which that in-place ReLU would overwrite (training would fail), Threshold keeps its input.
+    net.features.add_module("relu5", nn.Threshold(0.0, 0.0))
     return TorchvisionClassifier(net, head="classifier", default_layer="features.relu5",
                                  pooled_layer="features.relu5",
                                  stages=tuple(f"features.denseblock{i}" for i in range(1, 5)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ParamsError
 from .checkpoints import load_checkpoint, load_state_dict_checked, save_checkpoint
 from .cifar_nets import RESNET_DEPTHS, CifarResNet, WideResNet, cifar_densenet121, cifar_resnet50
 from .classifier_base import AUTO_LAYER, IMAGE_MEAN, IMAGE_STD, Classifier
@@ -50,15 +51,30 @@ ARCHITECTURES: dict[str, Callable[..., Classifier]] = {
 }
 # every value classifier.arch may take
 ARCH_NAMES: tuple[str, ...] = (*ARCHITECTURES, *(TORCHVISION_PREFIX + name for name in torchvision_names()))
+# the architectures built with a training dropout (classifier.dropout), read off their builders' signatures
+DROPOUT_ARCHS: tuple[str, ...] = tuple(
+    name for name, build in ARCHITECTURES.items() if "dropout" in inspect.signature(build).parameters)
 
 
-def build_classifier(arch: str, num_classes: int = 10) -> Classifier:
-    """A freshly initialised classifier of the named architecture with ``num_classes`` outputs."""
+def check_dropout(arch: str, dropout: float) -> None:
+    """Refuse, in one line, a training dropout for an architecture that has none (params validation says the same
+    before any stage runs)."""
+    if dropout and arch not in DROPOUT_ARCHS:
+        raise ParamsError(f"classifier.dropout = {dropout} with classifier.arch = {arch!r}: only "
+                          f"{', '.join(DROPOUT_ARCHS)} {'has' if len(DROPOUT_ARCHS) == 1 else 'have'} a dropout; "
+                          "set classifier.dropout: 0")
+
+
+def build_classifier(arch: str, num_classes: int = 10, dropout: float = 0.0) -> Classifier:
+    """A freshly initialised classifier of the named architecture with ``num_classes`` outputs; ``dropout`` > 0
+    (while training) only for the architectures of ``DROPOUT_ARCHS``."""
+    check_dropout(arch, dropout)
     if arch.startswith(TORCHVISION_PREFIX):
         return build_torchvision(arch.removeprefix(TORCHVISION_PREFIX), num_classes)
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown classifier arch {arch!r}; choose from {list(ARCHITECTURES)} or torchvision:<name>")
-    return ARCHITECTURES[arch](num_classes=num_classes)
+    # dropout 0 is not passed on: the network (and the random numbers drawn building it) is the one without it
+    return ARCHITECTURES[arch](num_classes=num_classes, **({"dropout": dropout} if dropout else {}))
 
 
 @dataclass(frozen=True)
@@ -167,7 +183,7 @@ def _state_dict_of(payload: object, path: Path) -> dict[str, Tensor]:
 
 
 def load_user_checkpoint(path: str | Path, arch: str, num_classes: int,
-                         class_names: list[str] | None = None) -> Classifier:
+                         class_names: list[str] | None = None, dropout: float = 0.0) -> Classifier:
     """A classifier of ``arch`` with the weights of a user's file (``classifier.checkpoint``), checked against the
     architecture (keys, shapes) and the ID data (class count; class names where the file records them) before
     anything trains. Read with ``weights_only=True``: no object in the file is unpickled."""
@@ -193,23 +209,26 @@ def load_user_checkpoint(path: str | Path, arch: str, num_classes: int,
     if class_names is not None and isinstance(saved_names, list) and list(saved_names) != list(class_names):
         raise CheckpointError(f"classifier.checkpoint {path} was trained on the classes {saved_names} but the ID "
                               f"data's are {list(class_names)}; use a checkpoint of these classes, in this order")
-    model = build_classifier(arch, num_classes)
+    model = build_classifier(arch, num_classes, dropout)
     load_state_dict_checked(model.core(), state, f"classifier.checkpoint {path}")
     return model
 
 
 def initial_classifier(arch: str, init: str, num_classes: int, class_names: list[str] | None = None,
-                       checkpoint: str | Path | None = None) -> Classifier:
+                       checkpoint: str | Path | None = None, dropout: float = 0.0) -> Classifier:
     """The classifier training starts from (``classifier.init``): published weights, random ones (drawn from the
-    global RNG; seed it first), or the user's ``checkpoint``."""
+    global RNG; seed it first), or the user's ``checkpoint``; trained with ``dropout`` (``classifier.dropout``)
+    where the architecture has one. Dropout only acts in training: the saved weights load into the network
+    without it (:func:`load_classifier`), which computes the same in eval mode."""
     if init == "pretrained":
+        check_dropout(arch, dropout)  # none of the published weights' architectures has one
         return load_pretrained(arch, num_classes)
     if init == "scratch":
-        return build_classifier(arch, num_classes)
+        return build_classifier(arch, num_classes, dropout)
     if init == "checkpoint":
         if checkpoint is None:
             raise CheckpointError("classifier.init = 'checkpoint' needs classifier.checkpoint: the file to start from")
-        return load_user_checkpoint(checkpoint, arch, num_classes, class_names)
+        return load_user_checkpoint(checkpoint, arch, num_classes, class_names, dropout)
     raise ValueError(f"unknown classifier init {init!r}; choose pretrained, scratch or checkpoint")
 
 
