@@ -29,14 +29,16 @@ def _read(path: Path) -> dict:
 
 
 def main(params: Params, eval_metrics: Path, baselines: Path, combined: Path, synth_baselines: Path, classifier: Path,
-         data: Path, out_md: Path, out_csv: Path, plot: Path) -> None:
+         data: Path, outlier_exposure: Path, out_md: Path, out_csv: Path, plot: Path) -> None:
     synth = {v: _read(synth_baselines / f"{v}.json") for v in params.synth_baselines.variants}
-    methods = collect(_read(eval_metrics), _read(baselines), synth, _read(combined))
+    oe = _read(outlier_exposure)
+    methods = collect(_read(eval_metrics), _read(baselines), synth, _read(combined), oe)
     data_metrics = _read(data)
     table = build_table(methods, paper_tables(), data_metrics.get("id_set", "cifar10"))
     with atomic_output(out_csv) as tmp:
         table.to_csv(tmp, index=False)
-    markdown = render_markdown(table, data_metrics, _read(classifier), describe_synthesis(params.synth.to(SynthConfig)))
+    markdown = render_markdown(table, data_metrics, _read(classifier), describe_synthesis(params.synth.to(SynthConfig)),
+                               oe)
     with atomic_output(out_md) as tmp:
         tmp.write_text(markdown)
     means = table[table["set"] == "mean"].set_index("method")["auroc"].to_dict()

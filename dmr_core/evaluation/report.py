@@ -14,6 +14,7 @@ from ..synthesis.variants import VARIANTS
 
 PAPER_SETS = ("svhn", "textures", "lsun_crop", "tinyimagenet_crop", "places365", "gaussian")
 DMR_NAME = "DMR (DMR+MLM, eq. 7)"
+OE_NAME = "OE (Outlier Exposure)"
 COLUMN_TITLES = {"near_mean": "near-OOD mean", "far_mean": "far-OOD mean"}
 # our method name -> (the paper's Table 1 row, its Table 3 row), from the detector and synthesis-variant tables
 PAPER_ROWS = {
@@ -28,9 +29,9 @@ def paper_tables() -> dict:
 
 
 def collect(eval_metrics: dict, baselines: dict, synth_baselines: dict[str, dict],
-            combined: dict | None = None) -> dict[str, tuple[str, dict]]:
-    """{method: (kind, {set: {metric: value}})} from the metrics files of eval, baselines, combine and
-    synth_baseline."""
+            combined: dict | None = None, outlier_exposure: dict | None = None) -> dict[str, tuple[str, dict]]:
+    """{method: (kind, {set: {metric: value}})} from the metrics files of eval, baselines, combine,
+    synth_baseline and outlier_exposure (its row only when it was run)."""
     def per_set(m: dict) -> dict:
         return {k: v for k, v in m.items() if isinstance(v, dict) and "AUROC" in v}
 
@@ -40,22 +41,28 @@ def collect(eval_metrics: dict, baselines: dict, synth_baselines: dict[str, dict
         methods[combined["method"] + " (combined)"] = ("combined", per_set(combined))
     for variant, m in synth_baselines.items():
         methods[VARIANTS[variant].title] = ("synthesis", per_set(m))
+    if outlier_exposure and outlier_exposure.get("run"):
+        methods[OE_NAME] = ("outlier exposure", per_set(outlier_exposure))
     return methods
 
 
 # the paper's per-set table (Table 1 for CIFAR-10, Table 4 for CIFAR-100; both WRN-40-2) and its title, per ID set
 PAPER_SET_TABLES = {"cifar10": ("table1_cifar10_wrn40_2", "Table 1"),
                     "cifar100": ("table4_cifar100_wrn40_2", "Table 4")}
+# the paper's OE numbers (Table 2, its row "OE"), per ID set: CIFAR-100 only
+PAPER_OE_TABLES = {"cifar100": ("table2_cifar100_vs_oe", "Table 2")}
 
 
 def build_table(methods: dict[str, tuple[str, dict]], paper: dict, id_set: str = "cifar10") -> pd.DataFrame:
     """Long table: one row per (method, set) with our AUROC / AUPR-OUT and the paper's, where it has one: from the
     paper's table for this ID set (none for a user's own set)."""
     table1 = paper[PAPER_SET_TABLES[id_set][0]] if id_set in PAPER_SET_TABLES else {}
+    if id_set in PAPER_OE_TABLES:  # the OE row's per-set numbers, looked up as Table 1's are
+        table1 = {**table1, OE_NAME: paper[PAPER_OE_TABLES[id_set][0]]["OE"]}
     table3 = paper["table3_ablation_mean"]
     rows = []
     for method, (kind, sets) in methods.items():
-        t1, t3 = PAPER_ROWS.get(method, (None, None))
+        t1, t3 = (OE_NAME, None) if method == OE_NAME else PAPER_ROWS.get(method, (None, None))
         for set_name, m in sets.items():
             paper_auroc = paper_aupr = None
             if t1 and set_name in table1.get(t1, {}):
@@ -102,9 +109,27 @@ def _data_lines(data: dict) -> list[str]:
     return lines
 
 
-def render_markdown(table: pd.DataFrame, data: dict, classifier: dict, dmr_config: str = "") -> str:
+def describe_outlier_exposure(outlier_exposure: dict | None) -> list[str]:
+    """The report's lines on the OE row: what it was fine-tuned on and how, or why it was not run."""
+    if not outlier_exposure:
+        return []
+    if not outlier_exposure.get("run"):
+        return [f"OE: not run ({outlier_exposure.get('reason', 'no outlier set given')})", ""]
+    o, m = outlier_exposure.get("outliers", {}), outlier_exposure
+    after, before = m.get("test_accuracy", float("nan")), m.get("test_accuracy_before", float("nan"))
+    line = (f"The OE row: a copy of the classifier fine-tuned with Outlier Exposure (Hendrycks et al. 2019, α = "
+            f"{m.get('alpha')}, {m.get('epochs')} epochs) on ID train and {o.get('images', 0):,} outlier images of "
+            f"{o.get('name', '?')}, scored by its maximum softmax probability. It trains on real outliers, which "
+            f"DMR does not need, and changes the classifier: ID test accuracy {after:.2f}% after fine-tuning "
+            f"({before:.2f}% before).")
+    return [line, ""]
+
+
+def render_markdown(table: pd.DataFrame, data: dict, classifier: dict, dmr_config: str = "",
+                    outlier_exposure: dict | None = None) -> str:
     """The report: AUROC and AUPR-OUT tables (best per column in bold, paper value in brackets). ``data`` is the
-    data stage's metrics: the ID set, the OOD sets evaluated and where each came from."""
+    data stage's metrics: the ID set, the OOD sets evaluated and where each came from; ``outlier_exposure`` the
+    outlier_exposure stage's (its row, or the line saying it was not run)."""
     id_set = data.get("id_set", "cifar10")
     present = set(table["set"])
     sets = [s for s in data.get("ood", {}) if s in present] + [k for k in SUMMARY_KEYS if k in present]
@@ -113,6 +138,8 @@ def render_markdown(table: pd.DataFrame, data: dict, classifier: dict, dmr_confi
         f"In brackets: the paper's number (WRN-40-2, {PAPER_SET_TABLES[id_set][1]}; for MLM and DMR-single Table 3's "
         "mean) where the paper evaluated the same set. The paper's mean is over its six sets, so it is not the same "
         "average as ours." if id_set in PAPER_SET_TABLES else "The paper has no numbers for this ID set.")
+    if id_set in PAPER_OE_TABLES and (table["method"] == OE_NAME).any():
+        paper_note += f" For OE: {PAPER_OE_TABLES[id_set][1]} (WRN-40-2)."
     lines = [
         "# DMR vs. post-hoc detectors and other OOD-synthesis methods",
         "",
@@ -126,6 +153,7 @@ def render_markdown(table: pd.DataFrame, data: dict, classifier: dict, dmr_confi
     ]
     if dmr_config:
         lines += [f"The DMR row: {dmr_config}.", ""]
+    lines += describe_outlier_exposure(outlier_exposure)
     if (table["kind"] == "combined").any():
         lines += ["Rows of kind *combined* add a post-hoc score to DMR's (each standardised on ID-train scores; "
                   "`combine.detector`). They are reported beside DMR, not instead of it.", ""]
