@@ -337,7 +337,7 @@ def test_the_report_shows_the_oe_row_beside_the_papers_table_2():
     markdown, table = report(oe, "cifar100")
     paper_oe = paper_tables()["table2_cifar100_vs_oe"]["OE"]
     assert f"| {OE_NAME} | outlier exposure | **95.00** ({paper_oe['svhn']['auroc']:.2f}) |" in markdown
-    assert "5,000 outlier images of my_outliers" in markdown and "70.50% after fine-tuning (71.00% before)" in markdown
+    assert "α = 0.5, 10 epochs) on ID train and 5,000 outlier images of my_outliers" in markdown and "70.50% after fine-tuning (71.00% before)" in markdown
     assert "For OE: Table 2" in markdown and "not run" not in markdown
     # CIFAR-10: the paper has no OE numbers, so the row stands without brackets
     markdown, table = report(oe, "cifar10")

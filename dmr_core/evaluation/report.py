@@ -117,8 +117,9 @@ def describe_outlier_exposure(outlier_exposure: dict | None) -> list[str]:
         return [f"OE: not run ({outlier_exposure.get('reason', 'no outlier set given')})", ""]
     o, m = outlier_exposure.get("outliers", {}), outlier_exposure
     after, before = m.get("test_accuracy", float("nan")), m.get("test_accuracy_before", float("nan"))
+    epochs = f"{m.get('epochs')} epoch{'' if m.get('epochs') == 1 else 's'}"
     line = (f"The OE row: a copy of the classifier fine-tuned with Outlier Exposure (Hendrycks et al. 2019, α = "
-            f"{m.get('alpha')}, {m.get('epochs')} epochs) on ID train and {o.get('images', 0):,} outlier images of "
+            f"{m.get('alpha')}, {epochs}) on ID train and {o.get('images', 0):,} outlier images of "
             f"{o.get('name', '?')}, scored by its maximum softmax probability. It trains on real outliers, which "
             f"DMR does not need, and changes the classifier: ID test accuracy {after:.2f}% after fine-tuning "
             f"({before:.2f}% before).")
