@@ -22,14 +22,20 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .data.datasets import (
+    DOWNLOADABLE_SETS,
+    OFFLINE_ARCHIVES,
     OOD_SET_NAMES,
     OOD_SUITES,
     IdSetInfo,
     describe_id_set,
+    download_dir,
+    env_folder,
     is_path_spec,
     set_name,
+    suite_sets,
     user_path,
 )
+from .data.leakage import path_relation
 from .data.sources import is_archive
 from .detectors.posthoc import DETECTORS
 from .errors import DataError, ParamsError
@@ -289,6 +295,33 @@ class BaselinesParams(_Section):
     reference_images: int = Field(ge=2, description="ID-train images whose scores set each score's scale; at most "
                                                     "the number of ID training images (checked in Params)")
     reference_seed: Seed
+    # Outlier Exposure (stage outlier_exposure): None = the row is not run
+    oe_outliers: str | None = Field(description="the path of a folder or tar of outlier images; never an OOD test "
+                                                "set (checked in Params)")
+    oe_max_outliers: int = Field(ge=0)
+    oe_epochs: int = Field(ge=1)
+    oe_batch_size: int = Field(ge=1)
+    oe_lr: float = Field(gt=0)
+    oe_alpha: float = Field(gt=0)
+    oe_seed: Seed
+
+    @field_validator("oe_outliers")
+    @classmethod
+    def _outliers_are_a_folder_or_tar(cls, value: str | None) -> str | None:
+        """A folder or tar, and not a built-in OOD set by its name (the set's own files, or a copy of them)."""
+        if value is None:
+            return value
+        if not value.strip():
+            raise ValueError("empty: give the path of a folder or tar of outlier images, or null to skip the OE row")
+        if set_name(value) in OOD_SET_NAMES:
+            raise ValueError(f"{set_name(value)!r} is the name of a built-in OOD test set, and Outlier Exposure "
+                             "must never train on a test set; give a folder or tar of other images (if it holds "
+                             "other images, rename it)")
+        path = user_path(value)
+        if not is_path_spec(value) or not (path.is_dir() or is_archive(path)):
+            raise ValueError(f"{path} is not a folder or a .tar archive of images (relative paths are taken from "
+                             "the project root; ./name for a folder in the project)")
+        return value
 
 
 class SynthBaselinesParams(_Section):
@@ -412,10 +445,53 @@ def _generator_problems(p: Params) -> Iterator[str]:
                "route takes every ID training image once; set latents.samples_per_class: 0")
 
 
+def _test_set_locations(d: DataParams, info: IdSetInfo) -> Iterator[tuple[str, Path]]:
+    """(what, where) for every file or folder a test image of this run may be read from: each OOD test set of
+    data.ood_sets (a user's path, an offline archive, the download folder) and the ID test split. A suite counts
+    with every set it may stand for (``auto`` is decided only when the data stage runs)."""
+    if isinstance(d.ood_sets, list):
+        specs = list(d.ood_sets)
+    else:
+        suites = OOD_SUITES if d.ood_sets == "auto" else (d.ood_sets,)
+        specs = list(dict.fromkeys(s for suite in suites for s in suite_sets(suite, d.id_set)))
+    home = env_folder("DMR_DATA_HOME")
+    for spec in specs:
+        what = f"the OOD test set {set_name(spec)!r} of data.ood_sets"
+        if is_path_spec(spec):
+            yield what, user_path(spec)
+        elif spec in OFFLINE_ARCHIVES and home is not None:
+            yield what, home / OFFLINE_ARCHIVES[spec][0]
+    downloaded = [spec for spec in specs if spec in DOWNLOADABLE_SETS]
+    if downloaded:
+        yield f"the download folder of the OOD test sets {', '.join(downloaded)} of data.ood_sets", download_dir()
+    what = f"the ID test split (data.id_set = {d.id_set!r})"
+    if info.source is not None:
+        yield what, info.source if is_archive(info.source) else info.source.joinpath(*info.top.parts, "test")
+    else:
+        if home is not None:
+            yield what, home / OFFLINE_ARCHIVES[d.id_set][0]
+        yield f"the download folder of {what}", download_dir()
+
+
+def _outlier_problems(p: Params, info: IdSetInfo) -> Iterator[str]:
+    """Outlier Exposure's outliers must not be, hold or lie inside the files of a test set of the run (the stage
+    then refuses outlier images identical to test images, which no path shows)."""
+    outliers = p.baselines.oe_outliers
+    if outliers is None:
+        return
+    for what, location in _test_set_locations(p.data, info):
+        relation = path_relation(user_path(outliers), location)
+        if relation is not None:
+            yield (f"baselines.oe_outliers = {outliers!r} {relation} {what} ({location}): Outlier Exposure must "
+                   "never train on a test set; give a folder or tar of other images")
+            return
+
+
 def _problems(p: Params) -> Iterator[str]:
     """Each broken rule across keys, as one line naming the keys involved."""
     info = describe_id_set(p.data.id_set)
     yield from _data_problems(p.data, info)
+    yield from _outlier_problems(p, info)
     classes = len(info.class_names)
     for name, k in (("synth.k", p.synth.k), ("synth_baselines.k", p.synth_baselines.k)):
         if k > classes:

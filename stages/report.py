@@ -29,10 +29,10 @@ def _read(path: Path) -> dict:
 
 
 def main(params: Params, eval_metrics: Path, baselines: Path, combined: Path, synth_baselines: Path, classifier: Path,
-         data: Path, out_md: Path, out_csv: Path, plot: Path) -> None:
+         data: Path, outlier_exposure: Path, out_md: Path, out_csv: Path, plot: Path) -> None:
     synth = {v: _read(synth_baselines / f"{v}.json") for v in params.synth_baselines.variants}
-    method = params.synth.method
-    methods = collect(_read(eval_metrics), _read(baselines), synth, _read(combined), method)
+    method, oe = params.synth.method, _read(outlier_exposure)
+    methods = collect(_read(eval_metrics), _read(baselines), synth, _read(combined), method, oe)
     data_metrics, classifier_metrics, paper = _read(data), _read(classifier), paper_tables()
     # the paper's table is chosen by the ID set and the classifier's architecture together
     table = build_table(methods, paper, data_metrics.get("id_set", "cifar10"), str(classifier_metrics.get("arch")),
@@ -40,7 +40,7 @@ def main(params: Params, eval_metrics: Path, baselines: Path, combined: Path, sy
     with atomic_output(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     markdown = render_markdown(table, data_metrics, classifier_metrics, describe_synthesis(params.synth.to(SynthConfig)),
-                               paper)
+                               paper, oe)
     with atomic_output(out_md) as tmp:
         tmp.write_text(markdown)
     means = table[table["set"] == "mean"].set_index("method")["auroc"].to_dict()

@@ -30,7 +30,8 @@ TINY_PARAMS = {
 
 SYNTH_BASELINES = set(VARIANTS)
 ALL_STAGES = {"data", "classifier", "perceptual_net", "generator", "latents", "class_means", "ood_synth", "figures",
-              "features", "rejection_head", "eval", "baselines", "combine", "report"} | {f"synth_baseline@{v}" for v in VARIANTS}
+              "features", "rejection_head", "eval", "baselines", "combine", "outlier_exposure", "report"} | {
+                  f"synth_baseline@{v}" for v in VARIANTS}
 # what a change of a synth parameter (e.g. lambda_max) must re-run, and nothing else
 DOWNSTREAM_OF_SYNTH = {"ood_synth", "rejection_head", "eval", "combine", "report"}
 

@@ -15,6 +15,7 @@ from ..synthesis.latent_mixing import METHODS
 from ..synthesis.variants import VARIANTS
 
 PAPER_SETS = ("svhn", "textures", "lsun_crop", "tinyimagenet_crop", "places365", "gaussian")
+OE_NAME = "OE (Outlier Exposure)"
 COLUMN_TITLES = {"near_mean": "near-OOD mean", "far_mean": "far-OOD mean"}
 # The main pipeline's row, named after what synthesised its training set (synth.method), and the paper's rows it is
 # compared with: (its row in the per-set tables and Table 5, its row in Table 3). The paper's Table 1 DMR number is
@@ -34,6 +35,7 @@ TABLE2_ROWS = {"dmr_kirby": "DMR+KIRBY"}
 PAPER_ROWS = {
     **{name: (name if spec.in_paper_table1 else None, None) for name, spec in DETECTORS.items()},
     **{v.title: (v.paper_table1_row or TABLE2_ROWS.get(key), v.paper_table3_row) for key, v in VARIANTS.items()},
+    OE_NAME: ("OE", None),  # Table 2's row (CIFAR-100 only)
 }
 
 # Which of the paper's tables hold numbers for an ID set and a classifier: per OOD set for WRN-40-2 (Table 1 for
@@ -85,9 +87,11 @@ def paper_tables() -> dict:
 
 
 def collect(eval_metrics: dict, baselines: dict, synth_baselines: dict[str, dict],
-            combined: dict | None = None, method: str = "dmr_mlm") -> dict[str, tuple[str, dict]]:
-    """{method: (kind, {set: {metric: value}})} from the metrics files of eval, baselines, combine and
-    synth_baseline; the main pipeline's row is named after ``method`` (synth.method)."""
+            combined: dict | None = None, method: str = "dmr_mlm",
+            outlier_exposure: dict | None = None) -> dict[str, tuple[str, dict]]:
+    """{method: (kind, {set: {metric: value}})} from the metrics files of eval, baselines, combine,
+    synth_baseline and outlier_exposure (its row only when it was run); the main pipeline's row is named after
+    ``method`` (synth.method)."""
     def per_set(m: dict) -> dict:
         return {k: v for k, v in m.items() if isinstance(v, dict) and "AUROC" in v}
 
@@ -97,6 +101,8 @@ def collect(eval_metrics: dict, baselines: dict, synth_baselines: dict[str, dict
         methods[combined["method"] + " (combined)"] = ("combined", per_set(combined))
     for variant, m in synth_baselines.items():
         methods[VARIANTS[variant].title] = ("synthesis", per_set(m))
+    if outlier_exposure and outlier_exposure.get("run"):
+        methods[OE_NAME] = ("outlier exposure", per_set(outlier_exposure))
     return methods
 
 
@@ -188,12 +194,30 @@ def paper_note_for(paper: dict, id_set: str, arch: str) -> str:
             "sets, so it is not the same average as ours.")
 
 
+def describe_outlier_exposure(outlier_exposure: dict | None) -> list[str]:
+    """The report's lines on the OE row: what it was fine-tuned on and how, or why it was not run."""
+    if not outlier_exposure:
+        return []
+    if not outlier_exposure.get("run"):
+        return [f"OE: not run ({outlier_exposure.get('reason', 'no outlier set given')})", ""]
+    o, m = outlier_exposure.get("outliers", {}), outlier_exposure
+    after, before = m.get("test_accuracy", float("nan")), m.get("test_accuracy_before", float("nan"))
+    epochs = f"{m.get('epochs')} epoch{'' if m.get('epochs') == 1 else 's'}"
+    line = (f"The OE row: a copy of the classifier fine-tuned with Outlier Exposure (Hendrycks et al. 2019, α = "
+            f"{m.get('alpha')}, {epochs}) on ID train and {o.get('images', 0):,} outlier images of "
+            f"{o.get('name', '?')}, scored by its maximum softmax probability. It trains on real outliers, which "
+            f"DMR does not need, and changes the classifier: ID test accuracy {after:.2f}% after fine-tuning "
+            f"({before:.2f}% before).")
+    return [line, ""]
+
+
 def render_markdown(table: pd.DataFrame, data: dict, classifier: dict, dmr_config: str = "",
-                    paper: dict | None = None) -> str:
+                    paper: dict | None = None, outlier_exposure: dict | None = None) -> str:
     """The report: AUROC and AUPR-OUT tables (best per column in bold, paper value in brackets). ``data`` is the
     data stage's metrics: the ID set, the OOD sets evaluated and where each came from; ``classifier`` the
     classifier stage's (its arch says which paper table applies); ``paper`` the paper's tables
-    (:func:`paper_tables` when None)."""
+    (:func:`paper_tables` when None); ``outlier_exposure`` the outlier_exposure stage's (its row, or the line
+    saying it was not run)."""
     id_set = data.get("id_set", "cifar10")
     present = set(table["set"])
     sets = [s for s in data.get("ood", {}) if s in present] + [k for k in SUMMARY_KEYS if k in present]
@@ -212,6 +236,7 @@ def render_markdown(table: pd.DataFrame, data: dict, classifier: dict, dmr_confi
     ]
     if dmr_config:
         lines += [f"The DMR row: {dmr_config}.", ""]
+    lines += describe_outlier_exposure(outlier_exposure)
     if (table["kind"] == "combined").any():
         lines += ["Rows of kind *combined* add a post-hoc score to DMR's (each standardised on ID-train scores; "
                   "`combine.detector`). They are reported beside DMR, not instead of it.", ""]
