@@ -11,6 +11,7 @@ from dmr_core.evaluation.metrics import reconstruction_error
 from dmr_core.nets.generator import build_generator, reconstruct, save_generator
 from dmr_core.params import Params
 from dmr_core.plotting import save_image_grid
+from dmr_core.training.curves import write_curve
 from dmr_core.training.generator import GeneratorTrainingConfig, train_generator
 from dmr_core.training.loop import seed_everything
 from dmr_core.training.perceptual import load_perceptual_loss
@@ -19,7 +20,7 @@ from ._common import read_image_set, run
 
 
 def main(params: Params, train: Path, test: Path, perceptual_net: Path, out: Path, metrics: Path,
-         plot: Path) -> None:
+         plot: Path, curve: Path) -> None:
     p = params.generator
     train_x, _, _ = read_image_set(train)
     test_x, _, _ = read_image_set(test)
@@ -34,8 +35,9 @@ def main(params: Params, train: Path, test: Path, perceptual_net: Path, out: Pat
         save_generator(model, p.kind, tmp)
     write_json(metrics, {
         "kind": p.kind, "test_recon_mse": round(mse, 6), "test_recon_psnr_db": round(psnr, 3),
-        "train_loss_per_epoch": [round(v, 3) for v in history],
+        "train_loss_per_epoch": [round(v, 3) for v in history.loss],
     })
+    write_curve(curve, history)
     show = np.linspace(0, len(test_x) - 1, min(16, len(test_x))).astype(int)
     save_image_grid([("CIFAR-10 test images", test_x[show]), ("reconstructions G(E(x))", recon[show])],
                     plot, ncols=16, title=f"{p.kind}: PSNR {psnr:.1f} dB")

@@ -27,7 +27,7 @@ from ..device import autocast, batch_loader, resolve_device
 from ..images import to_float_images
 from ..nets.critic import PatchCritic
 from ..nets.generator import ConvVAE
-from .loop import BatchLoss, check_finite, run_epochs, seed_everything
+from .loop import BatchLoss, History, check_finite, run_epochs, seed_everything
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def balance_weight(reconstruction: Tensor, adversarial: Tensor, last_layer: Tens
 def train_generator(
     model: ConvVAE, images: np.ndarray, config: GeneratorTrainingConfig, perceptual: nn.Module | None = None,
     device: torch.device | None = None,
-) -> list[float]:
+) -> History:
     """Adam on the negative ELBO with random horizontal flips; returns the mean VAE loss per epoch (with the
     perceptual term where it applies, never the adversarial one). The images stay resident on ``device``
     (default: ``resolve_device()``).
