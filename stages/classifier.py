@@ -10,12 +10,13 @@ from dmr_core.errors import DataError
 from dmr_core.nets.classifier import file_sha256, initial_classifier, save_classifier
 from dmr_core.params import Params
 from dmr_core.training.classifier import ClassifierTrainingConfig, accuracy, train_classifier
+from dmr_core.training.curves import write_curve
 from dmr_core.training.loop import seed_everything
 
 from ._common import read_image_set, run
 
 
-def main(params: Params, train: Path, test: Path, out: Path, metrics: Path) -> None:
+def main(params: Params, train: Path, test: Path, out: Path, metrics: Path, curve: Path) -> None:
     p = params.classifier
     train_x, train_y, attrs = read_image_set(train)
     test_x, test_y, _ = read_image_set(test)
@@ -41,8 +42,9 @@ def main(params: Params, train: Path, test: Path, out: Path, metrics: Path) -> N
     write_json(metrics, {
         "arch": p.arch, "init": p.init, "test_accuracy": round(test_accuracy, 3),
         "test_accuracy_before_training": None if before is None else round(before, 3),
-        "train_loss_per_epoch": [round(v, 4) for v in history], **provenance,
+        "train_loss_per_epoch": [round(v, 4) for v in history.loss], **provenance,
     })
+    write_curve(curve, history)
 
 
 if __name__ == "__main__":

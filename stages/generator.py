@@ -12,6 +12,7 @@ from dmr_core.evaluation.metrics import reconstruction_error
 from dmr_core.nets.generator import decode_to_images, reconstruct, sample_class_latents, save_generator
 from dmr_core.params import Params
 from dmr_core.plotting import save_image_grid
+from dmr_core.training.curves import write_curve
 from dmr_core.training.generator import GeneratorTrainingConfig, prepare_generator
 from dmr_core.training.perceptual import load_perceptual_loss
 
@@ -19,7 +20,7 @@ from ._common import read_image_set, run
 
 
 def main(params: Params, train: Path, test: Path, perceptual_net: Path, out: Path, metrics: Path,
-         plot: Path) -> None:
+         plot: Path, curve: Path) -> None:
     p = params.generator
     train_x, train_y, attrs = read_image_set(train)
     test_x, test_y, _ = read_image_set(test)
@@ -45,7 +46,8 @@ def main(params: Params, train: Path, test: Path, perceptual_net: Path, out: Pat
                  for c, name in list(enumerate(attrs["class_names"]))[:4]]
     with atomic_output(out) as tmp:
         save_generator(model, p.kind, tmp, prepared.extra, prepared.config)
-    write_json(metrics, result | {"train_loss_per_epoch": [round(v, 3) for v in prepared.history]})
+    write_json(metrics, result | {"train_loss_per_epoch": [round(v, 3) for v in prepared.history.loss]})
+    write_curve(curve, prepared.history)
     title = f"{p.kind}: PSNR {result['test_recon_psnr_db']:.1f} dB" if "test_recon_psnr_db" in result else p.kind
     save_image_grid(rows, plot, ncols=16, title=title)
 

@@ -11,12 +11,14 @@ from dmr_core.data.artifacts import atomic_output, open_zarr, write_json
 from dmr_core.nets.classifier import load_classifier
 from dmr_core.nets.rejection_head import save_head
 from dmr_core.params import Params
+from dmr_core.training.curves import write_curve
 from dmr_core.training.head import HeadConfig, train_head_on_images
 
 from ._common import open_features, run
 
 
-def main(params: Params, features: Path, ood_synth: Path, classifier: Path, out: Path, metrics: Path) -> None:
+def main(params: Params, features: Path, ood_synth: Path, classifier: Path, out: Path, metrics: Path,
+         curve: Path) -> None:
     p = params.head
     id_features = np.asarray(open_features(features)["id_train"][p.feature][:])
     synth_images = np.asarray(open_zarr(ood_synth, "the synthesised OOD set (stage ood_synth)")["images"][:])
@@ -25,15 +27,16 @@ def main(params: Params, features: Path, ood_synth: Path, classifier: Path, out:
     with torch.inference_mode():
         id_rate = float((trained.head(torch.from_numpy(id_features)) > 0).float().mean()) * 100
         synth_rate = float((trained.head(torch.from_numpy(trained.synth_features)) > 0).float().mean()) * 100
-    print(f"rejection head: final loss {trained.history[-1]:.4f}; flags {id_rate:.1f}% of ID train, "
+    print(f"rejection head: final loss {trained.history.loss[-1]:.4f}; flags {id_rate:.1f}% of ID train, "
           f"{synth_rate:.1f}% of synthesised OOD")
     with atomic_output(out) as tmp:
         save_head(trained.head, p.feature, tmp)
     write_json(metrics, {
         "feature": p.feature, "in_features": trained.head.config["in_features"],
-        "train_loss_per_epoch": [round(v, 5) for v in trained.history],
+        "train_loss_per_epoch": [round(v, 5) for v in trained.history.loss],
         "id_train_flagged_pct": round(id_rate, 3), "synth_flagged_pct": round(synth_rate, 3),
     })
+    write_curve(curve, trained.history)
 
 
 if __name__ == "__main__":

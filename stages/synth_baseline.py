@@ -45,7 +45,7 @@ def main(params: Params, variant: str, train: Path, latents: Path, class_means: 
     result = evaluate_head(trained.head, group["id_test"][h.feature], ood_features(group, h.feature))
     write_json(metrics, {
         "method": variant, "feature": h.feature, **synthesised_count(synthesised),
-        "train_loss_per_epoch": [round(v, 5) for v in trained.history], **result.metrics})
+        "train_loss_per_epoch": [round(v, 5) for v in trained.history.loss], **result.metrics})
     print(f"synth baseline {variant}: mean AUROC {result.metrics['mean']['AUROC']:.2f}")
     save_synthesised_plot(synthesised, id_features, h.feature, plot, variant)
 

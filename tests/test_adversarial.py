@@ -42,7 +42,7 @@ def test_vae_gan_training_is_deterministic_and_changes_the_decoder():
         before = [p.clone() for p in model.decoder.parameters()]
         config = GeneratorTrainingConfig(epochs=2, batch_size=16, lr=1e-3, beta_kl=0.1, seed=3, adversarial_weight=0.5,
                                          adversarial_start_epoch=1)
-        history = train_generator(model, images, config, device=torch.device("cpu"))
+        history = train_generator(model, images, config, device=torch.device("cpu")).loss
         return model, before, history
 
     model, before, history = train()

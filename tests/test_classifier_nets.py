@@ -298,7 +298,9 @@ def test_classifier_stage_takes_the_class_count_from_the_data(tmp_path, monkeypa
     raw = copy.deepcopy(DEFAULTS)
     raw["classifier"].update(init="scratch", epochs=1, batch_size=4)
     monkeypatch.setenv("DMR_DEVICE", "cpu")
-    main(parse_params(raw), tmp_path / "train.zarr", tmp_path / "test.zarr", tmp_path / "c.pt", tmp_path / "m.json")
+    main(parse_params(raw), tmp_path / "train.zarr", tmp_path / "test.zarr", tmp_path / "c.pt", tmp_path / "m.json",
+         tmp_path / "curve.csv")
+    assert (tmp_path / "curve.csv").read_text().splitlines()[0] == "epoch,loss,accuracy"
     loaded = load_classifier(tmp_path / "c.pt")
     assert loaded.classifier_head().out_features == 3
     assert torch.load(tmp_path / "c.pt", weights_only=True)["class_names"] == names
@@ -306,7 +308,7 @@ def test_classifier_stage_takes_the_class_count_from_the_data(tmp_path, monkeypa
     raw["classifier"]["init"] = "pretrained"
     with pytest.raises(CheckpointError, match="the ID data has 3 classes"):
         main(parse_params(raw), tmp_path / "train.zarr", tmp_path / "test.zarr", tmp_path / "d.pt",
-             tmp_path / "n.json")
+             tmp_path / "n.json", tmp_path / "n.csv")
     assert not (tmp_path / "d.pt").exists()
 
 

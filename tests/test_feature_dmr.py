@@ -99,7 +99,7 @@ def test_the_head_trained_on_them_separates_id_from_them():
     synthesise = VARIANTS["feature_dmr"].synthesise
     train_set = synthesise(feature_sources(features, labels), config(num_samples=600, seed=0))
     trained = train_head_on_synthesised(None, features, train_set, "feature_map", HEAD)  # F is never asked
-    assert trained.synth_features is train_set.features and len(trained.history) == HEAD.epochs
+    assert trained.synth_features is train_set.features and len(trained.history.loss) == HEAD.epochs
     fresh = synthesise(feature_sources(features, labels), config(num_samples=300, seed=1)).features
     with torch.inference_mode():
         id_scores = trained.head(torch.from_numpy(held_out)).numpy()

@@ -121,7 +121,7 @@ def test_conditional_training_learns_and_is_deterministic():
         assert torch.equal(a, b), name
     history = train_generator(tiny_conditional(), images, GeneratorTrainingConfig(
         epochs=6, batch_size=16, lr=0.005, beta_kl=0.1, seed=0), labels=labels)
-    assert history[-1] < history[0]
+    assert history.loss[-1] < history.loss[0]
     # prior samples of class c take class c's colour: the mapping carries the class
     longer = tiny_conditional()
     train_generator(longer, images, GeneratorTrainingConfig(epochs=15, batch_size=16, lr=0.005, beta_kl=1.0, seed=0),
@@ -190,7 +190,7 @@ def test_external_generator_samples_latents_of_any_shape_and_round_trips(stand_i
     images, labels = coloured_images(per_class=4)
     prepared = prepare_generator("external", {}, TRAIN, images, labels, 3, entry_point=f"{stand_in}:load",
                                  options={"seed": 3})
-    assert prepared.history == [] and prepared.config == {"entry_point": f"{stand_in}:load", "options": {"seed": 3}}
+    assert prepared.history.loss == [] and prepared.config == {"entry_point": f"{stand_in}:load", "options": {"seed": 3}}
     save_generator(prepared.model, "external", tmp_path / "g.pt", prepared.extra, prepared.config)
     payload = torch.load(tmp_path / "g.pt", weights_only=True)
     assert payload["state_dict"] == {}  # the user's weights stay in the user's file

@@ -65,7 +65,7 @@ def test_perceptual_term_changes_training_deterministically(classifier):
         config = GeneratorTrainingConfig(epochs=2, batch_size=16, lr=1e-3, beta_kl=0.1, seed=3,
                                          perceptual_weight=weight, perceptual_start_epoch=1)
         history = train_generator(model, images, config, ClassifierPerceptualLoss(classifier, images_per_batch=8),
-                                  device=torch.device("cpu"))
+                                  device=torch.device("cpu")).loss
         return model, history
 
     plain, plain_history = train(0.0)

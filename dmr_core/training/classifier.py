@@ -12,7 +12,7 @@ from torch.nn import functional as nnf
 from ..device import autocast, batch_loader, place_images, place_model, resolve_device
 from ..images import to_float_images
 from ..nets.classifier_base import Classifier
-from .loop import BatchLoss, run_epochs, seed_everything
+from .loop import BatchLoss, History, run_epochs, seed_everything
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,9 @@ def random_crop_flip(images: Tensor, rng: torch.Generator, padding: int = 4) -> 
 def train_classifier(
     model: Classifier, images: np.ndarray, labels: np.ndarray, config: ClassifierTrainingConfig,
     device: torch.device | None = None,
-) -> list[float]:
-    """SGD (nesterov) with a cosine schedule and crop/flip augmentation; returns the mean loss per epoch.
+) -> History:
+    """SGD (nesterov) with a cosine schedule and crop/flip augmentation; returns the mean loss and the training
+    accuracy per epoch.
 
     The images stay resident on ``device`` (default: ``resolve_device()``) for the whole run."""
     c = config
@@ -64,11 +65,13 @@ def train_classifier(
         x, y = batch
         x = place_images(random_crop_flip(to_float_images(x), rng), device)
         with autocast(device):
-            return BatchLoss(nnf.cross_entropy(model(x), y), len(y))
+            logits = model(x)
+            return BatchLoss(nnf.cross_entropy(logits, y), len(y), correct=(logits.argmax(1) == y).sum())
 
     history = run_epochs(loader, batch_loss, optimizer, schedule, epochs=c.epochs, what="classifier")
     model.eval().requires_grad_(False)
-    return history
+    # a classifier used as given (0 epochs) has an empty accuracy curve, not none: its curve keeps its columns
+    return history if history.accuracy is not None else History(history.loss, [])
 
 
 def predict_logits(model: Classifier, images: np.ndarray, batch_size: int = 500,

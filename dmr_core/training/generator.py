@@ -28,7 +28,7 @@ from ..images import to_float_images
 from ..nets.critic import PatchCritic
 from ..nets.external_generator import load_external_generator, probe_fingerprint
 from ..nets.generator import EXTERNAL_KIND, ConvVAE, build_generator
-from .loop import BatchLoss, check_finite, run_epochs, seed_everything
+from .loop import BatchLoss, History, check_finite, run_epochs, seed_everything
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def balance_weight(reconstruction: Tensor, adversarial: Tensor, last_layer: Tens
 def train_generator(
     model: ConvVAE, images: np.ndarray, config: GeneratorTrainingConfig, perceptual: nn.Module | None = None,
     device: torch.device | None = None, labels: np.ndarray | None = None,
-) -> list[float]:
+) -> History:
     """Adam on the negative ELBO with random horizontal flips; returns the mean VAE loss per epoch (with the
     perceptual term where it applies, never the adversarial one). The images stay resident on ``device``
     (default: ``resolve_device()``).
@@ -150,7 +150,7 @@ def train_generator(
 @dataclass
 class PreparedGenerator:
     model: nn.Module
-    history: list[float]        # the training loss per epoch (empty for an external generator)
+    history: History            # the training loss per epoch (none for an external generator)
     config: dict                # what rebuilds it: the architecture's keys, or an external entry point and options
     extra: dict                 # further fields of its checkpoint
 
@@ -165,7 +165,7 @@ def prepare_generator(
     checkpoint keeps the entry point, its options and a fingerprint of what it decodes)."""
     if kind == EXTERNAL_KIND:
         model = load_external_generator(entry_point, options)
-        return PreparedGenerator(model, [], {"entry_point": entry_point, "options": dict(options or {})},
+        return PreparedGenerator(model, History([]), {"entry_point": entry_point, "options": dict(options or {})},
                                  {"probe_sha256": probe_fingerprint(model)})
     seed_everything(config.seed)  # the weight initialisation draws from the global RNG
     conditional = {"num_classes": num_classes} if kind == "cond_style_vae" else {}

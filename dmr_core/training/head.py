@@ -13,7 +13,7 @@ from ..device import autocast, batch_loader, resolve_device
 from ..nets.classifier_base import Classifier
 from ..nets.features import extract_features
 from ..nets.rejection_head import RejectionHead
-from .loop import BatchLoss, run_epochs, seed_everything
+from .loop import BatchLoss, History, run_epochs, seed_everything
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,9 @@ class HeadConfig:
 
 def train_rejection_head(
     id_features: np.ndarray, ood_features: np.ndarray, config: HeadConfig, device: torch.device | None = None,
-) -> tuple[RejectionHead, list[float]]:
-    """Fit B on ID (0) vs synthesised OOD (1) features with SGD; returns (head, loss per epoch).
+) -> tuple[RejectionHead, History]:
+    """Fit B on ID (0) vs synthesised OOD (1) features with SGD; returns (head, loss and training accuracy per
+    epoch, a sample counted right when its logit's sign matches its target).
 
     All features stay resident on ``device`` (default: ``resolve_device()``); batches are gathered by index
     there, with no per-sample Python work. The returned head is on the CPU."""
@@ -59,7 +60,9 @@ def train_rejection_head(
     def batch_loss(batch, epoch: int) -> BatchLoss:
         x, y = batch
         with autocast(device):
-            return BatchLoss(nnf.binary_cross_entropy_with_logits(head(x).float(), y), len(y))
+            logits = head(x).float()
+            return BatchLoss(nnf.binary_cross_entropy_with_logits(logits, y), len(y),
+                             correct=((logits > 0) == (y > 0.5)).sum())
 
     history = run_epochs(loader, batch_loss, optimizer, scheduler, epochs=c.epochs, what="rejection head")
     head.cpu().eval().requires_grad_(False)
@@ -69,7 +72,7 @@ def train_rejection_head(
 @dataclass
 class TrainedHead:
     head: RejectionHead
-    history: list[float]            # loss per epoch
+    history: History                # loss and training accuracy per epoch
     synth_features: np.ndarray      # F's representation of the synthesised images the head was trained on
 
 

@@ -6,6 +6,7 @@ import math
 import os
 import random
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -43,12 +44,25 @@ def check_finite(loss: Tensor, what: str, epoch: int, step: int) -> float:
 
 
 class BatchLoss(NamedTuple):
-    """What a batch function returns: the loss to minimise, the batch size, and optionally the value to report
-    per epoch when it is not the loss itself (the VAE-GAN reports its VAE loss, without the adversarial term)."""
+    """What a batch function returns: the loss to minimise, the batch size, optionally the value to report
+    per epoch when it is not the loss itself (the VAE-GAN reports its VAE loss, without the adversarial term), and,
+    for a model that classifies, how many of the batch's samples its forward pass got right (before the step)."""
 
     loss: Tensor
     size: int
     reported: Tensor | None = None
+    correct: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class History:
+    """The training curves of one run, one value per epoch: the size-weighted mean reported loss and, where every
+    batch counted its correct samples, the percentage of training samples classified right (on the training
+    batches as they were seen, augmented and in training mode, before each step: a free by-product of the loss,
+    not a held-out accuracy)."""
+
+    loss: list[float]
+    accuracy: list[float] | None = None
 
 
 def run_epochs(
@@ -60,13 +74,14 @@ def run_epochs(
     epochs: int,
     what: str,
     after_step: Callable[[int, int], None] | None = None,
-) -> list[float]:
+) -> History:
     """Per batch: ``batch_loss(batch, epoch)`` (epoch counted from 0), a finiteness check, one optimiser and
     scheduler step, then ``after_step(epoch, step)`` if given (e.g. a critic's own update). Returns the
-    size-weighted mean reported loss of each epoch."""
-    history = []
+    size-weighted mean reported loss of each epoch, and the training accuracy of each epoch where the batches
+    count their correct samples."""
+    history, accuracy = [], []
     for epoch in range(epochs):
-        total, count = 0.0, 0
+        total, count, hits = 0.0, 0, None
         progress = tqdm(loader, desc=f"{what} epoch {epoch + 1}/{epochs}", leave=False)
         for step, batch in enumerate(progress):
             result = batch_loss(batch, epoch)
@@ -81,6 +96,11 @@ def run_epochs(
                 value = float(result.reported.detach())
             total += value * result.size
             count += result.size
-            progress.set_postfix(loss=f"{total / count:.4g}")
+            if result.correct is not None:
+                hits = (hits or 0) + int(result.correct.detach())
+            progress.set_postfix(loss=f"{total / count:.4g}",
+                                 **({} if hits is None else {"accuracy": f"{100 * hits / count:.1f}%"}))
         history.append(total / max(count, 1))
-    return history
+        if hits is not None:
+            accuracy.append(100.0 * hits / max(count, 1))
+    return History(history, accuracy if epochs and len(accuracy) == epochs else None)

@@ -121,7 +121,7 @@ def finetune_with_outliers(
             logits = tuned(both)
         return BatchLoss(outlier_exposure_loss(logits.float(), targets, c.alpha), len(y))
 
-    history = run_epochs(loader, batch_loss, optimizer, schedule, epochs=c.epochs, what="outlier exposure")
+    history = run_epochs(loader, batch_loss, optimizer, schedule, epochs=c.epochs, what="outlier exposure").loss
     tuned.eval().requires_grad_(False)
     return tuned, history
 
