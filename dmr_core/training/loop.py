@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ..distributed import average_gradients, sum_over_ranks
 from ..errors import NonFiniteLossError
 
 
@@ -63,7 +64,8 @@ def run_epochs(
 ) -> list[float]:
     """Per batch: ``batch_loss(batch, epoch)`` (epoch counted from 0), a finiteness check, one optimiser and
     scheduler step, then ``after_step(epoch, step)`` if given (e.g. a critic's own update). Returns the
-    size-weighted mean reported loss of each epoch."""
+    size-weighted mean reported loss of each epoch. Under torchrun each rank's batch is its share of the global
+    batch; the gradients are averaged over ranks before the step and the epoch loss is summed over ranks."""
     history = []
     for epoch in range(epochs):
         total, count = 0.0, 0
@@ -73,6 +75,8 @@ def run_epochs(
             value = check_finite(result.loss, what, epoch + 1, step)
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
+            # data-parallel: the gradient of the global batch, from every rank's share (nothing with one process)
+            average_gradients([p for group in optimizer.param_groups for p in group["params"]], result.size)
             optimizer.step()
             scheduler.step()
             if after_step is not None:
@@ -82,5 +86,6 @@ def run_epochs(
             total += value * result.size
             count += result.size
             progress.set_postfix(loss=f"{total / count:.4g}")
+        total, count = sum_over_ranks(total, count)
         history.append(total / max(count, 1))
     return history
