@@ -194,3 +194,45 @@ def test_two_rank_training_matches_one_process(tmp_path, scenario):
     print(f"{scenario}: max |Δ weight| {worst:.3g} (largest weight {moved:.3g}); max relative Δ loss {loss_gap:.3g}")
     assert worst <= TOLERANCE[scenario][0], (scenario, worst)
     assert loss_gap <= TOLERANCE[scenario][1], (scenario, loss_gap)
+
+
+# --- a stage relaunching itself under torchrun -----------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stage(cwd: Path, nproc: int, *argv: str):
+    import subprocess
+    env = {**os.environ, "DMR_NPROC": str(nproc), "DMR_DEVICE": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "stages.features", *argv], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_features_stage_with_two_processes_equals_one(tmp_path):
+    from dmr_core.data.artifacts import save_zarr
+    from dmr_core.nets.classifier import save_classifier
+    from dmr_core.params import load_params
+    from stages import features as features_stage
+    from stages._common import write_sets_index
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    datasets, rng = tmp_path / "datasets", np.random.default_rng(0)
+    classes = [f"c{i}" for i in range(10)]
+    for name, n in [("id_train", 24), ("id_test", 8), ("ood/noise", 6)]:
+        save_zarr(datasets / f"{name}.zarr", {"images": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                                              "labels": np.arange(n) % 10}, attrs={"class_names": classes})
+    write_sets_index(datasets, classes, ["noise"])
+    torch.manual_seed(0)
+    save_classifier(build_classifier("resnet20"), "resnet20", tmp_path / "classifier.pt", class_names=classes)
+    features_stage.main(load_params(tmp_path / "params.yaml"), datasets, tmp_path / "classifier.pt",
+                        tmp_path / "one.zarr")  # one process, in this one
+    two = _stage(tmp_path, 2, "--datasets", "datasets", "--classifier", "classifier.pt", "--out", "two.zarr")
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert _stored(tmp_path / "two.zarr") == _stored(tmp_path / "one.zarr")
+    assert two.stdout.count("features id_train: 24 images") == 1  # rank 0 alone prints
+
+    failed = _stage(tmp_path, 2, "--datasets", "datasets", "--classifier", "missing.pt", "--out", "three.zarr")
+    lines = failed.stderr.strip().splitlines()
+    assert failed.returncode == 1 and len(lines) == 1 and lines[0].startswith("error in stage features:"), lines
+    assert not (tmp_path / "three.zarr").exists()
