@@ -13,6 +13,8 @@ import os
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
+from .distributed import RankBatches, world_size
+
 DEVICE_ENV = "DMR_DEVICE"
 
 
@@ -49,7 +51,11 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 def batch_loader(*tensors: torch.Tensor, batch_size: int, shuffle: bool = False,
                  rng: torch.Generator | None = None, drop_last: bool = False) -> DataLoader:
     """A DataLoader that indexes whole batches at once (no per-sample collate), so tensors already
-    resident on a GPU stay there. With ``shuffle`` the order is drawn from ``rng``."""
+    resident on a GPU stay there. With ``shuffle`` the order is drawn from ``rng``; under torchrun (several
+    ranks) a shuffled loader yields this rank's share of each global batch (``dmr_core.distributed``)."""
     dataset = TensorDataset(*tensors)
     order = RandomSampler(dataset, generator=rng) if shuffle else SequentialSampler(dataset)
-    return DataLoader(dataset, sampler=BatchSampler(order, batch_size, drop_last), batch_size=None)
+    batches = BatchSampler(order, batch_size, drop_last)
+    if shuffle and world_size() > 1:  # training under torchrun: this rank's share of each global batch
+        batches = RankBatches(batches)
+    return DataLoader(dataset, sampler=batches, batch_size=None)

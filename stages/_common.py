@@ -3,11 +3,13 @@ and readers of the artifacts other stages write."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import inspect
 import json
 import os
 import re
+import subprocess
 import sys
 import tarfile
 import typing
@@ -18,6 +20,8 @@ import numpy as np
 import typer
 
 from dmr_core.data.artifacts import open_zarr
+from dmr_core.distributed import (NPROC_ENV, is_main, process_group, relaunch_command, requested_processes,
+                                   should_relaunch)
 from dmr_core.errors import CheckpointError, DataError, NonFiniteLossError, ParamsError
 from dmr_core.params import load_params
 
@@ -76,9 +80,40 @@ def os_fault_message(err: OSError) -> str | None:
     return f"cannot {'write' if writing else 'read'} {what}: {strerror}; {WHAT_TO_DO[err.errno]}"
 
 
+def relaunch(stage: str, module: str, argv: list[str], nproc: int) -> int:
+    """Run the stage again in ``nproc`` torchrun workers and return its exit status. The workers' output passes
+    through; on a failure, the one-line errors the ranks print are shown once each, instead of torchrun's
+    traceback of the launcher."""
+    process = subprocess.run(relaunch_command(module, argv, nproc), stderr=subprocess.PIPE, text=True)
+    lines = process.stderr.splitlines()
+    if process.returncode == 0:
+        sys.stderr.write(process.stderr)
+        return 0
+    errors = list(dict.fromkeys(line[line.index("error in stage"):] for line in lines if "error in stage" in line))
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
+        return 1
+    sys.stderr.write("\n".join(lines[-40:]) + "\n")
+    print(f"error in stage {stage}: a torchrun worker failed (exit {process.returncode}) with the traceback "
+          f"above; run with {NPROC_ENV}=1 to see it alone", file=sys.stderr)
+    return process.returncode or 1
+
+
+@contextlib.contextmanager
+def quiet_unless_main():
+    """Silence the summaries of every rank but 0, which prints them once for the stage (errors still show)."""
+    if is_main():
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
 def run(main: Callable[..., None], name: str) -> None:
     """``python -m stages.<name> [VARIANT] --<artifact> PATH ...``: validate params.yaml, then call
     ``main(params, **arguments)``; an expected failure ends in one line on stderr and exit code 1.
+    With ``DMR_NPROC`` > 1 the stage re-executes itself in that many torchrun workers, which join a process group
+    (``dmr_core.distributed``); only rank 0 prints.
 
     Every parameter of ``main`` after ``params`` is a required option named like it (``metrics_dir`` →
     ``--metrics-dir``) holding the path dvc.yaml passes, except ``variant``, a positional argument that names the
@@ -93,7 +128,15 @@ def run(main: Callable[..., None], name: str) -> None:
     def command(**values) -> None:
         stage = f"{name}@{values['variant']}" if "variant" in values else name
         try:
-            main(load_params(), **values)
+            nproc = requested_processes()
+        except ValueError as err:
+            print(f"error in stage {stage}: {err}", file=sys.stderr)
+            sys.exit(1)
+        if should_relaunch():
+            sys.exit(relaunch(stage, sys.modules[main.__module__].__spec__.name, sys.argv[1:], nproc))
+        try:
+            with process_group(), quiet_unless_main():
+                main(load_params(), **values)
         except EXPECTED_ERRORS as err:
             print(f"error in stage {stage}: {err}", file=sys.stderr)
             sys.exit(1)

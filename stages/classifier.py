@@ -8,6 +8,7 @@ from pathlib import Path
 from dmr_core.data.artifacts import atomic_output, write_json
 from dmr_core.errors import DataError
 from dmr_core.nets.classifier import file_sha256, initial_classifier, save_classifier
+from dmr_core.distributed import is_main
 from dmr_core.params import Params
 from dmr_core.training.classifier import ClassifierTrainingConfig, accuracy, train_classifier
 from dmr_core.training.curves import write_curve
@@ -33,6 +34,8 @@ def main(params: Params, train: Path, test: Path, out: Path, metrics: Path, curv
     model = initial_classifier(p.arch, p.init, len(class_names), class_names, p.checkpoint, p.dropout)
     before = accuracy(model, test_x, test_y) if p.init != "scratch" else None
     history = train_classifier(model, train_x, train_y, p.to(ClassifierTrainingConfig))
+    if not is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
+        return
     test_accuracy = accuracy(model, test_x, test_y)
     print(f"classifier {p.arch}: test accuracy {test_accuracy:.2f}%"
           + (f" (before training {before:.2f}%)" if before is not None else ""))

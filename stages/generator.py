@@ -10,6 +10,7 @@ import numpy as np
 from dmr_core.data.artifacts import atomic_output, write_json
 from dmr_core.evaluation.metrics import reconstruction_error
 from dmr_core.nets.generator import decode_to_images, reconstruct, sample_class_latents, save_generator
+from dmr_core.distributed import is_main
 from dmr_core.params import Params
 from dmr_core.plotting import save_image_grid
 from dmr_core.training.curves import write_curve
@@ -29,6 +30,8 @@ def main(params: Params, train: Path, test: Path, perceptual_net: Path, out: Pat
     prepared = prepare_generator(p.kind, {"latent_dim": p.latent_dim, "base_channels": p.base_channels},
                                  p.to(GeneratorTrainingConfig), train_x, train_y, classes, perceptual,
                                  p.entry_point, p.options)
+    if not is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
+        return
     model = prepared.model
     show = np.linspace(0, len(test_x) - 1, min(16, len(test_x))).astype(int)
     rows, result = [("ID test images", test_x[show])], {"kind": p.kind}

@@ -10,6 +10,7 @@ import torch
 from dmr_core.data.artifacts import atomic_output, open_zarr, write_json
 from dmr_core.nets.classifier import load_classifier
 from dmr_core.nets.rejection_head import save_head
+from dmr_core.distributed import is_main
 from dmr_core.params import Params
 from dmr_core.training.curves import write_curve
 from dmr_core.training.head import HeadConfig, train_head_on_images
@@ -24,6 +25,8 @@ def main(params: Params, features: Path, ood_synth: Path, classifier: Path, out:
     synth_images = np.asarray(open_zarr(ood_synth, "the synthesised OOD set (stage ood_synth)")["images"][:])
     trained = train_head_on_images(load_classifier(classifier, params.features.layer), id_features, synth_images, p.feature,
                                    p.to(HeadConfig), params.features.batch_size)
+    if not is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
+        return
     with torch.inference_mode():
         id_rate = float((trained.head(torch.from_numpy(id_features)) > 0).float().mean()) * 100
         synth_rate = float((trained.head(torch.from_numpy(trained.synth_features)) > 0).float().mean()) * 100

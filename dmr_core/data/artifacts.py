@@ -27,6 +27,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from dmr_core.distributed import all_gather, barrier, broadcast, is_main, world_size
 from dmr_core.errors import DataError
 
 # zarr's own default compressor (zstd at its default level), then a crc32c of the compressed bytes: a flipped or
@@ -117,6 +118,14 @@ def write_json(path: str | Path, payload: Any) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
+def _create_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype: np.dtype,
+                  rows_per_chunk: int) -> zarr.Array:
+    """An empty array chunked along the first axis, every chunk to be stored and checksummed."""
+    chunks = (max(1, min(rows_per_chunk, shape[0])),) + tuple(shape[1:])
+    return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, compressors=CHECKSUMMED_COMPRESSORS,
+                              config=STORE_EVERY_CHUNK)
+
+
 def write_zarr_arrays(
     group: zarr.Group, arrays: dict[str, Any], rows_per_chunk: int = 4096
 ) -> None:
@@ -128,11 +137,54 @@ def write_zarr_arrays(
             write_zarr_arrays(group.require_group(name), values, rows_per_chunk)
             continue
         values = np.ascontiguousarray(values)
-        chunks = (max(1, min(rows_per_chunk, values.shape[0])),) + values.shape[1:]
-        arr = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks,
-                                 compressors=CHECKSUMMED_COMPRESSORS, config=STORE_EVERY_CHUNK)
+        arr = _create_array(group, name, values.shape, values.dtype, rows_per_chunk)
         if values.size:
             arr[...] = values
+
+
+@contextmanager
+def shared_output(final: str | Path) -> Iterator[Path]:
+    """``atomic_output`` shared by every rank of a process group: rank 0 makes the temporary path and every rank
+    writes into it; once all ranks are through the block, rank 0 moves it into place, so the artifact appears
+    once, complete. With one process, ``atomic_output`` itself."""
+    if world_size() == 1:
+        with atomic_output(final) as tmp:
+            yield tmp
+        return
+    if is_main():
+        with atomic_output(final) as tmp:
+            broadcast(str(tmp))
+            yield tmp
+            barrier()  # every rank has written its rows
+        barrier()  # the artifact is in place before any rank goes on
+    else:
+        tmp = Path(broadcast(None))
+        yield tmp
+        barrier()
+        barrier()
+
+
+def write_zarr_rows(root: Path, key: str, arrays: dict[str, np.ndarray], rows: range, n: int,
+                    rows_per_chunk: int = 4096) -> None:
+    """Write this rank's ``rows`` (of ``n``) of every array into the group ``key`` of the zarr group at ``root``,
+    as ``write_zarr_arrays`` writes whole arrays: rank 0 creates them, then each rank writes its rows, which are
+    whole chunks (``dmr_core.distributed.chunk_shard``) so that no chunk has two writers. With one process,
+    ``rows`` are all ``n`` and this is ``write_zarr_arrays``."""
+    if world_size() == 1:
+        write_zarr_arrays(zarr.open_group(str(root), mode="a").require_group(key), arrays, rows_per_chunk)
+        return
+    # a rank with no rows may not know every array's row shape: the fullest layout any rank reports is the one
+    layout = max(all_gather({name: (v.shape[1:], v.dtype.str) for name, v in arrays.items()}), key=len)
+    if is_main():
+        group = zarr.open_group(str(root), mode="a").require_group(key)
+        for name, (shape, dtype) in layout.items():
+            _create_array(group, name, (n, *shape), np.dtype(dtype), rows_per_chunk)
+    barrier()  # the arrays exist before any rank writes
+    if len(rows):
+        group = zarr.open_group(str(root), mode="r+")
+        for name, values in arrays.items():
+            group[f"{key}/{name}"][rows.start:rows.stop] = np.ascontiguousarray(values)
+    barrier()
 
 
 def save_zarr(

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from ..device import autocast, batch_loader, place_images, place_model, resolve_device
+from ..distributed import batch_aligned
 from ..images import to_float_images
 from .classifier_base import Classifier
 
@@ -45,3 +46,15 @@ def extract_features(
             out[key][start:stop] = value.cpu().numpy()
         start = stop
     return out
+
+
+def extract_feature_rows(
+    model: Classifier, images: np.ndarray, rows: range, batch_size: int = 500, desc: str = "features",
+) -> dict[str, np.ndarray]:
+    """``extract_features`` of ``images[rows]`` (a rank's share), computed in the batches one process computes
+    them in (``batch_aligned``), so that each row comes out bit for bit as in a one-process run."""
+    span = batch_aligned(rows, batch_size, len(images))
+    if not len(span):
+        return {}
+    found = extract_features(model, images[span.start:span.stop], batch_size, desc=desc)
+    return {key: value[rows.start - span.start:rows.stop - span.start] for key, value in found.items()}

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as nnf
 
 from ..device import autocast, batch_loader, resolve_device
+from ..distributed import average_gradients
 from ..images import to_float_images
 from ..nets.critic import PatchCritic
 from ..nets.external_generator import load_external_generator, probe_fingerprint
@@ -133,12 +134,14 @@ def train_generator(
     def critic_step(epoch: int, step: int) -> None:
         if not judged:
             return
+        real = judged["real"]
         with autocast(device):
-            loss = critic_hinge_loss(critic(judged["real"]).float(), critic(judged.pop("fake")).float())
+            loss = critic_hinge_loss(critic(real).float(), critic(judged.pop("fake")).float())
         judged.clear()
         check_finite(loss, "generator critic", epoch + 1, step)
         critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(list(critic.parameters()), len(real))  # data-parallel: every rank's critic steps alike
         critic_optimizer.step()
 
     history = run_epochs(loader, batch_loss, optimizer, schedule, epochs=c.epochs, what="generator",

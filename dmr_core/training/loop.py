@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ..distributed import average_gradients, sum_over_ranks
 from ..errors import NonFiniteLossError
 
 
@@ -78,7 +79,8 @@ def run_epochs(
     """Per batch: ``batch_loss(batch, epoch)`` (epoch counted from 0), a finiteness check, one optimiser and
     scheduler step, then ``after_step(epoch, step)`` if given (e.g. a critic's own update). Returns the
     size-weighted mean reported loss of each epoch, and the training accuracy of each epoch where the batches
-    count their correct samples."""
+    count their correct samples. Under torchrun each rank's batch is its share of the global batch; the gradients
+    are averaged over ranks before the step and the epoch's loss and correct counts are summed over ranks."""
     history, accuracy = [], []
     for epoch in range(epochs):
         total, count, hits = 0.0, 0, None
@@ -88,6 +90,8 @@ def run_epochs(
             value = check_finite(result.loss, what, epoch + 1, step)
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
+            # data-parallel: the gradient of the global batch, from every rank's share (nothing with one process)
+            average_gradients([p for group in optimizer.param_groups for p in group["params"]], result.size)
             optimizer.step()
             scheduler.step()
             if after_step is not None:
@@ -100,6 +104,10 @@ def run_epochs(
                 hits = (hits or 0) + int(result.correct.detach())
             progress.set_postfix(loss=f"{total / count:.4g}",
                                  **({} if hits is None else {"accuracy": f"{100 * hits / count:.1f}%"}))
+        if hits is None:
+            total, count = sum_over_ranks(total, count)
+        else:
+            total, count, hits = sum_over_ranks(total, count, hits)
         history.append(total / max(count, 1))
         if hits is not None:
             accuracy.append(100.0 * hits / max(count, 1))
