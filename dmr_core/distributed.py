@@ -10,7 +10,12 @@ process nothing here changes a code path: every helper is the identity, and resu
   batch, hence the recipe, unchanged. BatchNorm statistics stay per rank and floats are summed in another order,
   so W-rank weights differ from 1-rank weights within a tolerance (tests/test_distributed.py measures it).
 - Inference: rows are split by rank in whole zarr chunks (``chunk_shard``), so each rank writes its own disjoint
-  set of chunk files and no two ranks ever touch one chunk; the result equals the one-process result.
+  set of chunk files and no two ranks ever touch one chunk; the result equals the one-process result. Random
+  draws (which sources a synthesised image mixes, its λ, which images get detail, sampled z) are cheap and made
+  for the whole set on every rank from the same seed; only the per-row work (encode, decode, F) is split, in the
+  very batches one process runs (``batch_aligned``, ``rows_in_batches``), so every row comes out to the same bits.
+  An intermediate set every rank needs whole (a synthesis baseline's decoded images, F's features of the
+  synthesised images) is computed in whole batches per rank and gathered (``split_over_ranks``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
 
 import torch
 import torch.distributed as dist
@@ -95,11 +103,12 @@ def process_group() -> Iterator[None]:
 
 
 def shard_range(n: int, world: int | None = None, at: int | None = None) -> range:
-    """Rank ``at``'s contiguous share of ``n`` items out of ``world``: ``[at·n // world, (at+1)·n // world)``.
-    Shares are disjoint, cover every item in order, and differ in size by at most one."""
+    """Rank ``at``'s contiguous share of ``n`` items out of ``world``: ``[⌈at·n / world⌉, ⌈(at+1)·n / world⌉)``.
+    Shares are disjoint, cover every item in order, and differ in size by at most one; the larger ones go to the
+    first ranks, so that rank 0, which shows the progress, has a share whenever any rank has one."""
     world = world_size() if world is None else world
     at = rank() if at is None else at
-    return range(at * n // world, (at + 1) * n // world)
+    return range(-(-at * n // world), -(-(at + 1) * n // world))
 
 
 def chunk_shard(n: int, rows_per_chunk: int, world: int | None = None, at: int | None = None) -> range:
@@ -116,6 +125,38 @@ def batch_aligned(rows: range, batch_size: int, n: int) -> range:
     if not len(rows):
         return rows
     return range(rows.start // batch_size * batch_size, min(n, -(-rows.stop // batch_size) * batch_size))
+
+
+def _cut(result: Any, start: int, stop: int) -> Any:
+    """Rows ``[start, stop)`` of an array, or of every array in a tuple / dict of them."""
+    if isinstance(result, dict):
+        return {key: _cut(value, start, stop) for key, value in result.items()}
+    if isinstance(result, tuple):
+        return tuple(_cut(value, start, stop) for value in result)
+    return result[start:stop]
+
+
+def rows_in_batches(compute: Callable[[range], Any], rows: range, batch_size: int, n: int) -> Any:
+    """``compute(span)``'s rows ``rows``, where ``span`` is ``rows`` widened to whole batches of the one-process
+    batching (``batch_aligned``) and ``compute`` returns the rows of ``span`` (an array, or a tuple / dict of
+    arrays), computed in batches of ``batch_size`` from ``span.start``: each row then comes out to the bits one
+    process gives it."""
+    span = batch_aligned(rows, batch_size, n)
+    return _cut(compute(span), rows.start - span.start, rows.stop - span.start)
+
+
+def split_over_ranks(compute: Callable[[np.ndarray], np.ndarray], batch_size: int
+                     ) -> Callable[[np.ndarray], np.ndarray]:
+    """``compute`` (rows in → as many rows out, batched by ``batch_size`` from the first row) with the rows split
+    over ranks in whole batches and the parts gathered, so that every rank gets the whole result, equal to the
+    one-process one (each batch is the batch one process computes). With one process, ``compute`` itself."""
+    def split(inputs: np.ndarray) -> np.ndarray:
+        if world_size() == 1 or len(inputs) == 0:
+            return compute(inputs)
+        rows = chunk_shard(len(inputs), batch_size)
+        part = compute(inputs[rows.start:rows.stop]) if len(rows) else None
+        return np.concatenate([p for p in all_gather(part) if p is not None])
+    return split
 
 
 def broadcast(value: object) -> object:

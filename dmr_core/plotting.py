@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -132,8 +133,9 @@ def save_bar_chart(values: dict[str, float], path: str | Path, title: str, xlabe
     _save(fig, path)
 
 
-def lambda_band_rows(images: np.ndarray, lambdas: np.ndarray, per_row: int = 16) -> list[tuple[str, np.ndarray]]:
-    """Rows for ``save_image_grid``: evenly spaced samples from the lowest, middle and highest third of λ."""
+def lambda_band_rows(images: Any, lambdas: np.ndarray, per_row: int = 16) -> list[tuple[str, np.ndarray]]:
+    """Rows for ``save_image_grid``: evenly spaced samples from the lowest, middle and highest third of λ
+    (``images``: NumPy or zarr, of which only the samples shown are read)."""
     order = np.argsort(lambdas, kind="stable")
     rows = []
     for band, chunk in zip(("lowest", "middle", "highest"), np.array_split(order, 3)):

@@ -3,6 +3,7 @@ and readers of the artifacts other stages write."""
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import inspect
@@ -21,7 +22,7 @@ import typer
 
 from dmr_core.data.artifacts import open_zarr
 from dmr_core.distributed import (NPROC_ENV, is_main, process_group, relaunch_command, requested_processes,
-                                   should_relaunch)
+                                   should_relaunch, threads_per_rank)
 from dmr_core.errors import CheckpointError, DataError, NonFiniteLossError, ParamsError
 from dmr_core.params import load_params
 
@@ -80,32 +81,67 @@ def os_fault_message(err: OSError) -> str | None:
     return f"cannot {'write' if writing else 'read'} {what}: {strerror}; {WHAT_TO_DO[err.errno]}"
 
 
+# what starts a failure report in the stderr of a torchrun run: a rank's one-line error, a Python traceback, or
+# the launcher's own error log (its lines start with E and the date: "E1202 05:50:00.123000 ...")
+FAILURE_START = re.compile(r"^(?:Traceback|E\d{4} )|error in stage|ChildFailedError")
+
+
+def forward_until_failure(stream: typing.BinaryIO, out: typing.TextIO) -> tuple[str, str]:
+    """Pass what a torchrun run writes to ``stream`` (its stderr: progress bars, warnings) on to ``out`` as it
+    comes, piece by piece (a piece ends at a newline or at a progress bar's carriage return), until a piece
+    starts a failure report; from there on everything is held back. Returns (all that was read, what was held
+    back, a suffix of it), so that the caller can show a failure its own way."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    pending, seen, held = "", [], []
+    while True:
+        chunk = stream.read1(1 << 16) if hasattr(stream, "read1") else stream.read(1 << 16)
+        *pieces, pending = re.split(r"(?<=[\r\n])", pending + decoder.decode(chunk, final=not chunk))
+        if not chunk:
+            pieces.append(pending)
+        for piece in filter(None, pieces):
+            seen.append(piece)
+            if held or FAILURE_START.search(piece):
+                held.append(piece)
+            else:
+                out.write(piece)
+                out.flush()
+        if not chunk:
+            return "".join(seen), "".join(held)
+
+
 def relaunch(stage: str, module: str, argv: list[str], nproc: int) -> int:
-    """Run the stage again in ``nproc`` torchrun workers and return its exit status. The workers' output passes
-    through; on a failure, the one-line errors the ranks print are shown once each, instead of torchrun's
-    traceback of the launcher."""
-    process = subprocess.run(relaunch_command(module, argv, nproc), stderr=subprocess.PIPE, text=True)
-    lines = process.stderr.splitlines()
-    if process.returncode == 0:
-        sys.stderr.write(process.stderr)
+    """Run the stage again in ``nproc`` torchrun workers and return its exit status. The workers' progress passes
+    through as it comes (only rank 0 shows any); on a failure, the one-line errors the ranks print are shown once
+    each, instead of torchrun's traceback of the launcher."""
+    # each worker's OpenMP threads: the cores split between the ranks (torchrun would set 1 and warn)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads_per_rank(nproc)))}
+    process = subprocess.Popen(relaunch_command(module, argv, nproc), stderr=subprocess.PIPE, env=env)
+    seen, held = forward_until_failure(process.stderr, sys.stderr)
+    returncode = process.wait()
+    if returncode == 0:
+        sys.stderr.write(held)
         return 0
+    if seen[:len(seen) - len(held)] and not seen[:len(seen) - len(held)].endswith("\n"):
+        sys.stderr.write("\n")  # off the line of a progress bar cut short
+    lines = seen.splitlines()
     errors = list(dict.fromkeys(line[line.index("error in stage"):] for line in lines if "error in stage" in line))
     if errors:
         print("\n".join(errors), file=sys.stderr)
         return 1
     sys.stderr.write("\n".join(lines[-40:]) + "\n")
-    print(f"error in stage {stage}: a torchrun worker failed (exit {process.returncode}) with the traceback "
+    print(f"error in stage {stage}: a torchrun worker failed (exit {returncode}) with the traceback "
           f"above; run with {NPROC_ENV}=1 to see it alone", file=sys.stderr)
-    return process.returncode or 1
+    return returncode or 1
 
 
 @contextlib.contextmanager
 def quiet_unless_main():
-    """Silence the summaries of every rank but 0, which prints them once for the stage (errors still show)."""
+    """Silence every rank but 0, which prints the stage's summaries and shows its progress once for all; the
+    errors of any rank still show (they are printed outside this block)."""
     if is_main():
         yield
         return
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
         yield
 
 

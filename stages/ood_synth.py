@@ -6,8 +6,10 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import zarr
 
-from dmr_core.data.artifacts import open_zarr, save_zarr
+from dmr_core.data.artifacts import open_zarr, shared_output, write_zarr_rows
+from dmr_core.distributed import chunk_shard, is_main
 from dmr_core.nets.generator import decode_to_images, load_generator
 from dmr_core.params import Params
 from dmr_core.plotting import lambda_band_rows, save_image_grid
@@ -15,24 +17,38 @@ from dmr_core.synthesis.dmr import SynthConfig, synthesize_ood_images
 
 from ._common import run
 
+ROWS_PER_CHUNK = 4096
+
 
 def main(params: Params, latents: Path, class_means: Path, generator: Path, out: Path, plot: Path) -> None:
     p = params.synth
     encoded = open_zarr(latents, "the latents (stage latents)")
     means = open_zarr(class_means, "the class means (stage class_means)")
-    synthesised = synthesize_ood_images(
-        np.asarray(encoded["latents"][:]), np.asarray(encoded["labels"][:]), np.asarray(means["means"][:]),
-        partial(decode_to_images, load_generator(generator), batch_size=p.batch_size), p.to(SynthConfig),
-        # the sampled route has no residuals; validation keeps synth.detail at none there
-        residuals=encoded["residuals"] if "residuals" in encoded else None,
-        residual_means=means["residual_means"] if "residual_means" in means else None)
-    images, lambdas = synthesised.images, synthesised.lambdas
-    save_zarr(out, {
-        "images": images, "lambdas": lambdas, "source_indices": synthesised.sources.astype(np.int32),
-        "source_labels": synthesised.source_labels.astype(np.int16),
-    }, attrs={"method": p.method, "k": p.k, "lambda_dist": p.lambda_dist, "detail": p.detail,
-              "detail_fraction": p.detail_fraction})
-    print(f"ood_synth: {len(images)} images, method {p.method}, k {p.k}, "
+    # under torchrun each rank decodes and writes its own whole chunks; the draws are the whole set's on every rank
+    rows = chunk_shard(p.num_samples, ROWS_PER_CHUNK)
+    with shared_output(out) as tmp:
+        if is_main():
+            zarr.open_group(str(tmp), mode="w")
+        synthesised = synthesize_ood_images(
+            np.asarray(encoded["latents"][:]), np.asarray(encoded["labels"][:]), np.asarray(means["means"][:]),
+            partial(decode_to_images, load_generator(generator), batch_size=p.batch_size), p.to(SynthConfig),
+            # the sampled route has no residuals; validation keeps synth.detail at none there
+            residuals=encoded["residuals"] if "residuals" in encoded else None,
+            residual_means=means["residual_means"] if "residual_means" in means else None, rows=rows)
+        write_zarr_rows(tmp, "", {
+            "images": synthesised.images, "lambdas": synthesised.lambdas,
+            "source_indices": synthesised.sources.astype(np.int32),
+            "source_labels": synthesised.source_labels.astype(np.int16),
+        }, rows, p.num_samples, ROWS_PER_CHUNK)
+        if is_main():
+            zarr.open_group(str(tmp), mode="r+").attrs.update({
+                "method": p.method, "k": p.k, "lambda_dist": p.lambda_dist, "detail": p.detail,
+                "detail_fraction": p.detail_fraction})
+    if not is_main():
+        return
+    written = open_zarr(out, "the synthesised OOD set (stage ood_synth)")
+    images, lambdas = written["images"], np.asarray(written["lambdas"][:])  # the picture reads only its images
+    print(f"ood_synth: {len(lambdas)} images, method {p.method}, k {p.k}, "
           f"lambda {lambdas.min():.2f}..{lambdas.max():.2f}")
     save_image_grid(lambda_band_rows(images, lambdas), plot, ncols=16,
                     title=f"synthesised OOD: {p.method}, k={p.k}, λ {p.lambda_dist} [{p.lambda_min}, {p.lambda_max}], "

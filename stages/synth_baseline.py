@@ -11,6 +11,7 @@ import numpy as np
 
 from dmr_core.data.artifacts import open_zarr, write_json
 from dmr_core.detectors.dmr import evaluate_head
+from dmr_core.distributed import split_over_ranks
 from dmr_core.errors import ParamsError
 from dmr_core.nets.classifier import load_classifier
 from dmr_core.nets.generator import decode_to_images, load_generator
@@ -36,7 +37,9 @@ def main(params: Params, variant: str, train: Path, latents: Path, class_means: 
         images=open_zarr(train, "the datasets (stage data)")["images"], latents=encoded["latents"],
         latent_labels=np.asarray(encoded["labels"][:]).astype(np.int64),
         class_means=open_zarr(class_means, "the class means (stage class_means)")["means"],
-        decode=partial(decode_to_images, load_generator(generator), batch_size=params.synth.batch_size),
+        # under torchrun each rank decodes its share of the batches and gets every image back
+        decode=split_over_ranks(partial(decode_to_images, load_generator(generator), batch_size=params.synth.batch_size),
+                                params.synth.batch_size),
         feature_maps=group["id_train"]["feature_map"], logits=group["id_train"]["logits"],
         class_weights=model.classifier_head().weight.detach(), id_features=id_features)
     synthesised = VARIANTS[variant].synthesise(sources, params.synth_baselines.to(VariantConfig))

@@ -51,13 +51,14 @@ def test_shard_ranges_are_contiguous_disjoint_and_cover_everything(n, world):
     assert [i for s in shards for i in s] == list(range(n))
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
     assert shards[-1].stop == n and shards[0].start == 0
+    assert [len(s) for s in shards] == sorted((len(s) for s in shards), reverse=True)  # rank 0 never goes short
 
 
 def test_chunk_shards_are_whole_chunks():
     n, rows = 50, 16  # chunks [0,16) [16,32) [32,48) [48,50)
     shards = [chunk_shard(n, rows, 2, r) for r in range(2)]
     assert shards == [range(0, 32), range(32, 50)]
-    assert [chunk_shard(10, 16, 2, r) for r in range(2)] == [range(0, 0), range(0, 10)]  # one chunk: one writer
+    assert [chunk_shard(10, 16, 2, r) for r in range(2)] == [range(0, 10), range(10, 10)]  # one chunk: one writer
     assert chunk_shard(0, 16, 2, 1) == range(0, 0)
 
 

@@ -145,3 +145,19 @@ def test_a_queued_sweep_runs_each_experiment_with_its_own_metrics(committed, tmp
     (plot,) = diff["rejection_head_loss"]
     assert set(plot["revisions"]) == set(sweep)
     assert {row["rev"] for row in plot["content"]["data"]["values"]} == set(sweep)
+
+
+def test_sharded_stages_under_two_processes_leave_dvc_nothing_to_do(committed, tmp_path):
+    """Moving the inference stages to 2 processes (DMR_NPROC, not a DVC param) rewrites their outputs to the same
+    bytes: forced re-runs of latents and ood_synth under torchrun leave dvc.lock as it was and `dvc status` clean."""
+    project = tmp_path / "project"
+    shutil.copytree(committed, project, symlinks=True)
+    lock = (project / "dvc.lock").read_text()
+    for stage in ("latents", "ood_synth"):
+        result = run(["env", "DMR_NPROC=2", "DMR_DEVICE=cpu", "dvc", "repro", "-f", "-s", stage], project)
+        assert f"Running stage '{stage}'" in result.stdout
+        summary = "latents: " if stage == "latents" else "ood_synth: "
+        assert result.stdout.count(summary) == 1, result.stdout  # rank 0 alone prints
+    assert (project / "dvc.lock").read_text() == lock
+    assert UP_TO_DATE in run(["dvc", "status"], project).stdout
+    assert run(["git", "status", "--porcelain", "--untracked-files=no"], project).stdout == ""

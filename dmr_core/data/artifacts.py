@@ -170,20 +170,25 @@ def write_zarr_rows(root: Path, key: str, arrays: dict[str, np.ndarray], rows: r
     as ``write_zarr_arrays`` writes whole arrays: rank 0 creates them, then each rank writes its rows, which are
     whole chunks (``dmr_core.distributed.chunk_shard``) so that no chunk has two writers. With one process,
     ``rows`` are all ``n`` and this is ``write_zarr_arrays``."""
+    def group_of(mode: str) -> zarr.Group:
+        group = zarr.open_group(str(root), mode=mode)
+        return group.require_group(key) if key else group  # "" is the root group itself
+
     if world_size() == 1:
-        write_zarr_arrays(zarr.open_group(str(root), mode="a").require_group(key), arrays, rows_per_chunk)
+        write_zarr_arrays(group_of("a"), arrays, rows_per_chunk)
         return
-    # a rank with no rows may not know every array's row shape: the fullest layout any rank reports is the one
-    layout = max(all_gather({name: (v.shape[1:], v.dtype.str) for name, v in arrays.items()}), key=len)
+    # a rank with no rows may not know every array's row shape: the layout of a rank that has rows is the one
+    layouts = all_gather((len(rows), {name: (v.shape[1:], v.dtype.str) for name, v in arrays.items()}))
+    layout = max(layouts, key=lambda reported: (reported[0] > 0, len(reported[1])))[1]
     if is_main():
-        group = zarr.open_group(str(root), mode="a").require_group(key)
+        group = group_of("a")
         for name, (shape, dtype) in layout.items():
             _create_array(group, name, (n, *shape), np.dtype(dtype), rows_per_chunk)
     barrier()  # the arrays exist before any rank writes
     if len(rows):
-        group = zarr.open_group(str(root), mode="r+")
+        group = group_of("r+")
         for name, values in arrays.items():
-            group[f"{key}/{name}"][rows.start:rows.stop] = np.ascontiguousarray(values)
+            group[name][rows.start:rows.stop] = np.ascontiguousarray(values)
     barrier()
 
 

@@ -267,16 +267,21 @@ def encode_images(model: Generator, images: np.ndarray, batch_size: int = 512,
 
 
 def sample_class_latents(model: Generator, counts: np.ndarray, seed: int, batch_size: int = 512,
-                         device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+                         device: torch.device | None = None, rows: slice | range | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """The sampled route: ``counts[c]`` latents w = M(z, c), z ~ N(0, I), for each class c; returns (w as float32,
     their classes). z is drawn on the CPU from ``seed`` in class order, so the result does not depend on the
-    device or the batch size."""
+    device or the batch size. ``rows``: map only these rows of the whole draw (a rank's share; z is drawn for
+    every row, so each row is the one of the whole set)."""
     if not getattr(model, "conditional", False):
         raise ValueError(f"{type(model).__name__} has no class-conditional mapping network to sample latents from")
     device = device or resolve_device()
     model.to(device)
     labels = np.repeat(np.arange(len(counts)), counts).astype(np.int64)
     z = torch.randn(len(labels), model.z_dim, generator=torch.Generator().manual_seed(seed))
+    if rows is not None:
+        window = slice(rows.start, rows.stop)
+        z, labels = z[window], labels[window]
     loader = batch_loader(z, torch.from_numpy(labels), batch_size=batch_size)
     with torch.inference_mode(), autocast(device):
         out = [model.sample(z_batch.to(device), y.to(device)).float().cpu()

@@ -65,20 +65,27 @@ def detail_rows(num_images: int, fraction: float, seed: int) -> np.ndarray:
 
 def add_source_detail(
     images: np.ndarray, kind: str, residuals: Any, residual_means: Any, labels: np.ndarray, sources: np.ndarray,
-    lambdas: np.ndarray, method: str, fraction: float, seed: int, batch_size: int,
+    lambdas: np.ndarray, method: str, fraction: float, seed: int, batch_size: int, rows: range | None = None,
 ) -> np.ndarray:
     """``images`` (uint8, changed in place and returned) with the ``kind`` detail of their sources added to the
     seeded ``fraction`` of them. ``residuals`` / ``residual_means``: array-likes (NumPy or zarr) of every ID
-    training image's residual and each class's mean residual; read only when ``kind`` is not ``none``."""
+    training image's residual and each class's mean residual; read only when ``kind`` is not ``none``.
+    ``rows``: the rows of the whole synthesised set ``images`` holds (``sources`` and ``lambdas`` are the whole
+    set's); the share getting detail is drawn over the whole set, so a row gets what it gets in the whole set."""
     if kind == "none":
         return images
     if kind not in DETAIL_MIXES:
         raise ValueError(f"unknown detail kind {kind!r}; choose from {DETAIL_KINDS}")
+    rows = range(len(images)) if rows is None else rows
+    chosen = detail_rows(len(sources), fraction, seed)
+    chosen = chosen[(chosen >= rows.start) & (chosen < rows.stop)]
+    if not len(chosen):
+        return images
     residuals, residual_means = np.asarray(residuals[:]), np.asarray(residual_means[:])
-    chosen = detail_rows(len(images), fraction, seed)
     for start in range(0, len(chosen), batch_size):  # in batches: n × k residuals would not fit comfortably
-        rows = chosen[start:start + batch_size]
-        picked = sources[rows]
-        detail = DETAIL_MIXES[kind](residuals[picked], residual_means[labels[picked]], lambdas[rows], method)
-        images[rows] = add_detail(images[rows], detail)
+        picked_rows = chosen[start:start + batch_size]
+        picked = sources[picked_rows]
+        detail = DETAIL_MIXES[kind](residuals[picked], residual_means[labels[picked]], lambdas[picked_rows], method)
+        at = picked_rows - rows.start
+        images[at] = add_detail(images[at], detail)
     return images

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..distributed import rows_in_batches
 from .detail import add_source_detail
 from .latent_mixing import synthesize_latents
 
@@ -40,14 +41,21 @@ class SynthesisedSet:
 
 def synthesize_ood_images(
     latents: np.ndarray, labels: np.ndarray, class_means: np.ndarray, decode: Callable[[np.ndarray], np.ndarray],
-    config: SynthConfig, residuals: Any = None, residual_means: Any = None,
+    config: SynthConfig, residuals: Any = None, residual_means: Any = None, rows: range | None = None,
 ) -> SynthesisedSet:
     """Draw sources and λ with ``config.seed``, mix their latents, decode them with ``decode`` (latents → uint8
-    images), and add the residual detail of their sources to ``config.detail_fraction`` of the images."""
+    images, batched by ``config.batch_size``), and add the residual detail of their sources to
+    ``config.detail_fraction`` of the images.
+
+    ``rows``: only these rows of the ``config.num_samples`` (a rank's share). Every draw is made for the whole set,
+    so a row holds what it holds in the whole set, and it is decoded in the batch one process decodes it in."""
     c = config
     mixed, sources, lambdas = synthesize_latents(
         latents, labels, class_means, method=c.method, k=c.k, num_samples=c.num_samples, lambda_dist=c.lambda_dist,
         lambda_min=c.lambda_min, lambda_max=c.lambda_max, seed=c.seed, normalise=c.normalise)
-    images = add_source_detail(decode(mixed), c.detail, residuals, residual_means, labels, sources, lambdas,
-                               c.method, c.detail_fraction, c.seed, c.batch_size)
-    return SynthesisedSet(images, lambdas, sources, np.asarray(labels)[sources])
+    rows = range(len(mixed)) if rows is None else rows
+    decoded = rows_in_batches(lambda span: decode(mixed[span.start:span.stop]), rows, c.batch_size, len(mixed))
+    window = slice(rows.start, rows.stop)
+    images = add_source_detail(decoded, c.detail, residuals, residual_means, labels, sources, lambdas, c.method,
+                               c.detail_fraction, c.seed, c.batch_size, rows=rows)
+    return SynthesisedSet(images, lambdas[window], sources[window], np.asarray(labels)[sources[window]])

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..distributed import rows_in_batches
 from ..nets.generator import Generator, sample_class_latents
 from .detail import encode_with_residuals
 
@@ -38,14 +39,32 @@ def samples_per_class(labels: np.ndarray, num_classes: int, per_class: int) -> n
     return np.bincount(np.asarray(labels).astype(np.int64), minlength=num_classes)
 
 
-def draw_latents(model: Generator, route: str, images: np.ndarray, labels: np.ndarray, num_classes: int, *,
-                 batch_size: int, per_class: int = 0, seed: int = 0) -> LatentSet:
-    """The ID latents of ``route`` (see the module docstring); ``per_class`` and ``seed`` apply to ``sampled``."""
-    if route == "encoded":
-        latents, residuals = encode_with_residuals(model, images, batch_size, labels)
-        return LatentSet(latents, np.asarray(labels), residuals)
+def num_latents(route: str, labels: np.ndarray, num_classes: int, per_class: int = 0) -> int:
+    """How many latents ``route`` gives: one per ID training image (encoded), or the per-class draws (sampled)."""
     if route == "sampled":
-        latents, sampled_labels = sample_class_latents(
-            model, samples_per_class(labels, num_classes, per_class), seed, batch_size)
-        return LatentSet(latents, sampled_labels, None)
-    raise ValueError(f"unknown latents route {route!r}; choose from {ROUTES}")
+        return int(samples_per_class(labels, num_classes, per_class).sum())
+    return len(labels)
+
+
+def draw_latents(model: Generator, route: str, images: np.ndarray, labels: np.ndarray, num_classes: int, *,
+                 batch_size: int, per_class: int = 0, seed: int = 0, rows: range | None = None) -> LatentSet:
+    """The ID latents of ``route`` (see the module docstring); ``per_class`` and ``seed`` apply to ``sampled``.
+    ``rows``: only these rows of the whole set (a rank's share, ``num_latents`` in all), each computed in the
+    batch one process computes it in, so that it comes out to the same bits."""
+    if route not in ROUTES:
+        raise ValueError(f"unknown latents route {route!r}; choose from {ROUTES}")
+    n = num_latents(route, labels, num_classes, per_class)
+    rows = range(n) if rows is None else rows
+    if not len(rows):  # a rank with no share (more ranks than chunks): nothing to compute
+        return LatentSet(np.empty((0,), np.float32), np.asarray(labels)[:0],
+                         np.empty((0,), np.int16) if route == "encoded" else None)
+    if route == "encoded":
+        latents, residuals = rows_in_batches(
+            lambda span: encode_with_residuals(model, images[span.start:span.stop], batch_size,
+                                               np.asarray(labels)[span.start:span.stop]),
+            rows, batch_size, n)
+        return LatentSet(latents, np.asarray(labels)[rows.start:rows.stop], residuals)
+    counts = samples_per_class(labels, num_classes, per_class)
+    latents, sampled_labels = rows_in_batches(
+        lambda span: sample_class_latents(model, counts, seed, batch_size, rows=span), rows, batch_size, n)
+    return LatentSet(latents, sampled_labels, None)

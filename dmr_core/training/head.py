@@ -10,6 +10,7 @@ import torch
 from torch.nn import functional as nnf
 
 from ..device import autocast, batch_loader, resolve_device
+from ..distributed import split_over_ranks
 from ..nets.classifier_base import Classifier
 from ..nets.features import extract_features
 from ..nets.rejection_head import RejectionHead
@@ -81,7 +82,10 @@ def train_head_on_images(
     config: HeadConfig, batch_size: int = 500,
 ) -> TrainedHead:
     """F's ``feature`` representation of the synthesised images (uint8 N×32×32×3), then B trained on the ID
-    training features (the same representation) against it: what DMR and every synthesis baseline share."""
-    synth_features = extract_features(classifier, synth_images, batch_size, desc="synth features")[feature]
+    training features (the same representation) against it: what DMR and every synthesis baseline share. Under
+    torchrun the images go through F split over the ranks, each rank getting every feature back."""
+    synth_features = split_over_ranks(
+        lambda images: extract_features(classifier, images, batch_size, desc="synth features")[feature],
+        batch_size)(synth_images)
     head, history = train_rejection_head(id_features, synth_features, config)
     return TrainedHead(head, history, synth_features)
