@@ -1,5 +1,5 @@
 """Benchmark data parallelism: 1 vs N processes (gloo on the CPU) for one training stage (the rejection head)
-and one inference stage (the features), on a fixed small random input, timed inside rank 0 between barriers
+and two inference stages (the features; ood_synth's decoding), on a fixed small random input, timed inside rank 0 between barriers
 (process start and imports excluded; they cost a few seconds per run under torchrun).
 
 Each rank uses cores // N intra-op threads (``dmr_core.distributed.threads_per_rank``), as under ``DMR_NPROC``,
@@ -33,6 +33,8 @@ from dmr_core import distributed  # noqa: E402
 from dmr_core.data.artifacts import shared_output, write_zarr_rows  # noqa: E402
 from dmr_core.nets.classifier import build_classifier  # noqa: E402
 from dmr_core.nets.features import extract_feature_rows  # noqa: E402
+from dmr_core.nets.generator import StyleConvVAE, decode_to_images  # noqa: E402
+from dmr_core.synthesis.dmr import SynthConfig, synthesize_ood_images  # noqa: E402
 from dmr_core.training.head import HeadConfig, train_rejection_head  # noqa: E402
 
 # the input: 8192 ID + 8192 OOD penultimate-sized features for the head (2 epochs, batch 128, hidden 512);
@@ -41,6 +43,11 @@ HEAD_ROWS, HEAD_DIM = 8192, 640
 HEAD = HeadConfig(hidden=512, epochs=2, batch_size=128, lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
                   schedule="cosine", seed=0)
 FEATURE_IMAGES, ROWS_PER_CHUNK, BATCH = 4096, 2048, 500
+# 8192 images decoded by the default generator (style_vae, 128-d latent) from 5000 random ID latents, as stage
+# ood_synth does (its chunks of 4096 rows and batches of 1000; no detail)
+SYNTH = SynthConfig(method="dmr_mlm", k=2, lambda_dist="loguniform", lambda_min=1.0, lambda_max=40.0, normalise=False,
+                    detail="none", detail_fraction=0.0, num_samples=8192, batch_size=1000, seed=0)
+SYNTH_ROWS_PER_CHUNK = 4096
 CPU = torch.device("cpu")
 
 
@@ -64,7 +71,25 @@ def features(scratch: Path) -> None:
         write_zarr_rows(tmp, "id_train", arrays, rows, len(images), ROWS_PER_CHUNK)
 
 
-CASES = {"rejection_head (train)": head_training, "features (inference)": features}
+def ood_synth(scratch: Path) -> None:
+    import zarr
+    rng = np.random.default_rng(2)
+    latents, labels = rng.normal(size=(5000, 128)).astype(np.float32), np.arange(5000) % 10
+    means = np.stack([latents[labels == c].mean(0) for c in range(10)])
+    torch.manual_seed(0)
+    generator = StyleConvVAE(latent_dim=128, base_channels=32).eval()
+    rows = distributed.chunk_shard(SYNTH.num_samples, SYNTH_ROWS_PER_CHUNK)
+    with shared_output(scratch / "ood_synth.zarr") as tmp:
+        if distributed.is_main():
+            zarr.open_group(str(tmp), mode="w")
+        synthesised = synthesize_ood_images(latents, labels, means,
+                                            lambda w: decode_to_images(generator, w, SYNTH.batch_size), SYNTH,
+                                            rows=rows)
+        write_zarr_rows(tmp, "", {"images": synthesised.images}, rows, SYNTH.num_samples, SYNTH_ROWS_PER_CHUNK)
+
+
+CASES = {"rejection_head (train)": head_training, "features (inference)": features,
+         "ood_synth (inference)": ood_synth}
 
 
 def _rank(rank: int, world: int, port: int, case: str, scratch: str, result: str) -> None:
