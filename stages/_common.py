@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import time
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -116,8 +117,14 @@ def relaunch(stage: str, module: str, argv: list[str], nproc: int) -> int:
     # each worker's OpenMP threads: the cores split between the ranks (torchrun would set 1 and warn)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads_per_rank(nproc)))}
     process = subprocess.Popen(relaunch_command(module, argv, nproc), stderr=subprocess.PIPE, env=env)
-    seen, held = forward_until_failure(process.stderr, sys.stderr)
-    returncode = process.wait()
+    try:
+        seen, held = forward_until_failure(process.stderr, sys.stderr)
+        returncode = process.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reached the workers too (one process group; torchrun passes it on): each removes its partial
+        # output. Wait for them, reading what they print (a full pipe would block them), then say it once.
+        _wait_for_interrupted(process)
+        raise
     if returncode == 0:
         sys.stderr.write(held)
         return 0
@@ -132,6 +139,19 @@ def relaunch(stage: str, module: str, argv: list[str], nproc: int) -> int:
     print(f"error in stage {stage}: a torchrun worker failed (exit {returncode}) with the traceback "
           f"above; run with {NPROC_ENV}=1 to see it alone", file=sys.stderr)
     return returncode or 1
+
+
+def _wait_for_interrupted(process: subprocess.Popen, grace: float = 60.0) -> None:
+    """Let interrupted torchrun workers finish their clean-up (at most ``grace`` seconds, then kill them), however
+    often Ctrl-C is pressed meanwhile."""
+    deadline = time.monotonic() + grace
+    while process.poll() is None:
+        try:
+            process.communicate(timeout=max(0.1, deadline - time.monotonic()))
+        except KeyboardInterrupt:
+            continue
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 @contextlib.contextmanager
@@ -169,7 +189,11 @@ def run(main: Callable[..., None], name: str) -> None:
             print(f"error in stage {stage}: {err}", file=sys.stderr)
             sys.exit(1)
         if should_relaunch():
-            sys.exit(relaunch(stage, sys.modules[main.__module__].__spec__.name, sys.argv[1:], nproc))
+            try:
+                sys.exit(relaunch(stage, sys.modules[main.__module__].__spec__.name, sys.argv[1:], nproc))
+            except KeyboardInterrupt:
+                print(f"stage {stage} interrupted; no partial output was kept", file=sys.stderr)
+                sys.exit(130)
         try:
             with process_group(), quiet_unless_main():
                 main(load_params(), **values)

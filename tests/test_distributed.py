@@ -237,3 +237,43 @@ def test_features_stage_with_two_processes_equals_one(tmp_path):
     lines = failed.stderr.strip().splitlines()
     assert failed.returncode == 1 and len(lines) == 1 and lines[0].startswith("error in stage features:"), lines
     assert not (tmp_path / "three.zarr").exists()
+
+
+def test_interrupted_relaunched_stage_says_so_once_and_leaves_no_output(tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while 2 torchrun workers write the features:
+    the stage exits 130 with the one-line interruption notice, and neither the output nor its temporary copy
+    is left behind."""
+    import signal
+    import subprocess
+    import time
+
+    from dmr_core.data.artifacts import save_zarr
+    from dmr_core.nets.classifier import save_classifier
+    from stages._common import write_sets_index
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    datasets, rng = tmp_path / "datasets", np.random.default_rng(0)
+    classes = [f"c{i}" for i in range(10)]
+    for name, n in [("id_train", 6000), ("id_test", 8)]:  # enough images to take several seconds
+        save_zarr(datasets / f"{name}.zarr", {"images": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                                              "labels": np.arange(n) % 10}, attrs={"class_names": classes})
+    write_sets_index(datasets, classes, [])
+    torch.manual_seed(0)
+    save_classifier(build_classifier("resnet20"), "resnet20", tmp_path / "classifier.pt", class_names=classes)
+    env = {**os.environ, "DMR_NPROC": "2", "DMR_DEVICE": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stages.features", "--datasets", "datasets", "--classifier", "classifier.pt",
+         "--out", "out.zarr"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".out.zarr.tmp-*")) and time.time() < deadline:  # the workers are writing
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "stage features interrupted; no partial output was kept", stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    time.sleep(1)  # workers may still be removing files
+    assert not (tmp_path / "out.zarr").exists() and not list(tmp_path.glob(".out.zarr.tmp-*"))
