@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dmr_core import distributed  # noqa: E402
-from dmr_core.data.artifacts import shared_output, write_zarr_rows  # noqa: E402
+from dmr_core.data.artifacts import save_zarr_rows, shared_output, write_zarr_rows  # noqa: E402
 from dmr_core.nets.classifier import build_classifier  # noqa: E402
 from dmr_core.nets.features import extract_feature_rows  # noqa: E402
 from dmr_core.nets.generator import StyleConvVAE, decode_to_images  # noqa: E402
@@ -72,20 +72,16 @@ def features(scratch: Path) -> None:
 
 
 def ood_synth(scratch: Path) -> None:
-    import zarr
     rng = np.random.default_rng(2)
     latents, labels = rng.normal(size=(5000, 128)).astype(np.float32), np.arange(5000) % 10
     means = np.stack([latents[labels == c].mean(0) for c in range(10)])
     torch.manual_seed(0)
     generator = StyleConvVAE(latent_dim=128, base_channels=32).eval()
     rows = distributed.chunk_shard(SYNTH.num_samples, SYNTH_ROWS_PER_CHUNK)
-    with shared_output(scratch / "ood_synth.zarr") as tmp:
-        if distributed.is_main():
-            zarr.open_group(str(tmp), mode="w")
-        synthesised = synthesize_ood_images(latents, labels, means,
-                                            lambda w: decode_to_images(generator, w, SYNTH.batch_size), SYNTH,
-                                            rows=rows)
-        write_zarr_rows(tmp, "", {"images": synthesised.images}, rows, SYNTH.num_samples, SYNTH_ROWS_PER_CHUNK)
+    synthesised = synthesize_ood_images(latents, labels, means,
+                                        lambda w: decode_to_images(generator, w, SYNTH.batch_size), SYNTH, rows=rows)
+    save_zarr_rows(scratch / "ood_synth.zarr", {"images": synthesised.images}, rows, SYNTH.num_samples,
+                   rows_per_chunk=SYNTH_ROWS_PER_CHUNK)
 
 
 CASES = {"rejection_head (train)": head_training, "features (inference)": features,

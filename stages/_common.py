@@ -95,7 +95,7 @@ def forward_until_failure(stream: typing.BinaryIO, out: typing.TextIO) -> tuple[
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     pending, seen, held = "", [], []
     while True:
-        chunk = stream.read1(1 << 16) if hasattr(stream, "read1") else stream.read(1 << 16)
+        chunk = stream.read1(1 << 16)  # what has arrived, up to 64 KiB, without waiting for more
         *pieces, pending = re.split(r"(?<=[\r\n])", pending + decoder.decode(chunk, final=not chunk))
         if not chunk:
             pieces.append(pending)
@@ -128,7 +128,8 @@ def relaunch(stage: str, module: str, argv: list[str], nproc: int) -> int:
     if returncode == 0:
         sys.stderr.write(held)
         return 0
-    if seen[:len(seen) - len(held)] and not seen[:len(seen) - len(held)].endswith("\n"):
+    shown = seen[:len(seen) - len(held)]
+    if shown and not shown.endswith("\n"):
         sys.stderr.write("\n")  # off the line of a progress bar cut short
     lines = seen.splitlines()
     errors = list(dict.fromkeys(line[line.index("error in stage"):] for line in lines if "error in stage" in line))

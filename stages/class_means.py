@@ -22,7 +22,7 @@ def main(params: Params, latents: Path, out: Path) -> None:
     arrays = {"means": means, "counts": counts.astype("int64")}
     if "residuals" in group:  # encoded latents only
         arrays["residual_means"], _ = class_means(np.asarray(group["residuals"][:]), labels, len(class_names))
-    save_zarr(out, arrays, attrs={"class_names": class_names, "route": group.attrs.get("route", "encoded")})
+    save_zarr(out, arrays, attrs={"class_names": class_names})
     print("class means: " + ", ".join(f"{n} ({c})" for n, c in zip(class_names, counts)))
 
 

@@ -6,9 +6,8 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import zarr
 
-from dmr_core.data.artifacts import open_zarr, shared_output, write_zarr_rows
+from dmr_core.data.artifacts import open_zarr, save_zarr_rows
 from dmr_core.distributed import chunk_shard, is_main
 from dmr_core.nets.generator import decode_to_images, load_generator
 from dmr_core.params import Params
@@ -26,24 +25,18 @@ def main(params: Params, latents: Path, class_means: Path, generator: Path, out:
     means = open_zarr(class_means, "the class means (stage class_means)")
     # under torchrun each rank decodes and writes its own whole chunks; the draws are the whole set's on every rank
     rows = chunk_shard(p.num_samples, ROWS_PER_CHUNK)
-    with shared_output(out) as tmp:
-        if is_main():
-            zarr.open_group(str(tmp), mode="w")
-        synthesised = synthesize_ood_images(
-            np.asarray(encoded["latents"][:]), np.asarray(encoded["labels"][:]), np.asarray(means["means"][:]),
-            partial(decode_to_images, load_generator(generator), batch_size=p.batch_size), p.to(SynthConfig),
-            # the sampled route has no residuals; validation keeps synth.detail at none there
-            residuals=encoded["residuals"] if "residuals" in encoded else None,
-            residual_means=means["residual_means"] if "residual_means" in means else None, rows=rows)
-        write_zarr_rows(tmp, "", {
-            "images": synthesised.images, "lambdas": synthesised.lambdas,
-            "source_indices": synthesised.sources.astype(np.int32),
-            "source_labels": synthesised.source_labels.astype(np.int16),
-        }, rows, p.num_samples, ROWS_PER_CHUNK)
-        if is_main():
-            zarr.open_group(str(tmp), mode="r+").attrs.update({
-                "method": p.method, "k": p.k, "lambda_dist": p.lambda_dist, "detail": p.detail,
-                "detail_fraction": p.detail_fraction})
+    synthesised = synthesize_ood_images(
+        np.asarray(encoded["latents"][:]), np.asarray(encoded["labels"][:]), np.asarray(means["means"][:]),
+        partial(decode_to_images, load_generator(generator), batch_size=p.batch_size), p.to(SynthConfig),
+        # the sampled route has no residuals; validation keeps synth.detail at none there
+        residuals=encoded["residuals"] if "residuals" in encoded else None,
+        residual_means=means["residual_means"] if "residual_means" in means else None, rows=rows)
+    save_zarr_rows(out, {
+        "images": synthesised.images, "lambdas": synthesised.lambdas,
+        "source_indices": synthesised.sources.astype(np.int32),
+        "source_labels": synthesised.source_labels.astype(np.int16),
+    }, rows, p.num_samples, {"method": p.method, "k": p.k, "lambda_dist": p.lambda_dist, "detail": p.detail,
+                             "detail_fraction": p.detail_fraction}, ROWS_PER_CHUNK)
     if not is_main():
         return
     written = open_zarr(out, "the synthesised OOD set (stage ood_synth)")

@@ -204,6 +204,21 @@ def save_zarr(
             group.attrs.update(attrs)
 
 
+def save_zarr_rows(
+    path: str | Path, arrays: dict[str, np.ndarray], rows: range, n: int, attrs: dict[str, Any] | None = None,
+    rows_per_chunk: int = 4096,
+) -> None:
+    """``save_zarr`` by every rank of a process group at once: each passes its own ``rows`` (of ``n``, whole
+    chunks: ``dmr_core.distributed.chunk_shard``) of the same arrays, and the group appears once, complete. With
+    one process, ``rows`` are all ``n`` and the bytes are those ``save_zarr`` writes."""
+    with shared_output(path) as tmp:
+        if is_main():
+            zarr.open_group(str(tmp), mode="w")
+        write_zarr_rows(tmp, "", arrays, rows, n, rows_per_chunk)
+        if attrs and is_main():
+            zarr.open_group(str(tmp), mode="r+").attrs.update(attrs)
+
+
 def _damaged(path: Path, what: str, problem: str, fix: str | None = None) -> DataError:
     """The one-line error of a damaged artifact: which artifact, what is wrong inside it, and the fix (by default:
     restore it from DVC's cache, ``--force`` as DVC will not overwrite a modified file without it, or rebuild it)."""

@@ -267,7 +267,7 @@ def encode_images(model: Generator, images: np.ndarray, batch_size: int = 512,
 
 
 def sample_class_latents(model: Generator, counts: np.ndarray, seed: int, batch_size: int = 512,
-                         device: torch.device | None = None, rows: slice | range | None = None
+                         device: torch.device | None = None, rows: range | None = None
                          ) -> tuple[np.ndarray, np.ndarray]:
     """The sampled route: ``counts[c]`` latents w = M(z, c), z ~ N(0, I), for each class c; returns (w as float32,
     their classes). z is drawn on the CPU from ``seed`` in class order, so the result does not depend on the
