@@ -258,7 +258,7 @@ def score(
     """Score images with the trained detector: per image its predicted class, confidence, DMR score and OOD
     decision (OOD when the score > the run's threshold, which keeps 95 % of ID test images); also the combined
     score when the run has one. Unreadable files are reported and counted, not fatal."""
-    from stages._common import os_fault_message
+    from .runtime.os_faults import os_fault_message
 
     from .errors import CheckpointError, DataError
     from .serving.export import ExportedDetector
@@ -291,7 +291,7 @@ def export_model(out: Path = typer.Argument(..., help="the TorchScript file to w
     """Write the trained classifier, rejection head and threshold as one TorchScript file that plain
     `torch.jit.load` reads: forward(uint8 N×32×32×3 or float N×3×32×32 in [0, 1]) → logits, predicted, confidence,
     dmr_score, is_ood."""
-    from stages._common import os_fault_message
+    from .runtime.os_faults import os_fault_message
 
     from .serving.export import INPUT_CONTRACT, export_detector
 

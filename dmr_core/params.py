@@ -118,6 +118,8 @@ class DataParams(_Section):
     test_per_class: int = Field(ge=0)
     ood_max: int = Field(ge=0)
     gaussian_count: int = Field(ge=1)
+    ood_encoding: Literal["auto", "none", "jpeg"]
+    ood_jpeg_quality: int = Field(ge=1, le=100, description="the JPEG quality of data.ood_encoding: jpeg")
     seed: Seed
 
     @field_validator("id_set")
@@ -260,6 +262,7 @@ class SynthParams(_Section):
     detail_fraction: float = Field(gt=0, le=1)
     num_samples: int = Field(ge=1)
     batch_size: int = Field(ge=1)
+    encoding: Literal["match_id", "none"]
     seed: Seed
 
 

@@ -24,7 +24,8 @@ from dmr_core.nets.classifier import load_classifier
 from dmr_core.nets.features import REPRESENTATIONS
 from dmr_core.params import Params
 
-from ._common import id_split_path, ood_set_path, open_features, run
+from dmr_core.data.layout import id_split_path, ood_set_path, open_features
+from dmr_core.runtime.stage import run
 
 
 def main(params: Params, datasets: Path, classifier: Path, features: Path, scores: Path, metrics: Path) -> None:

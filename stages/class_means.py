@@ -11,7 +11,7 @@ from dmr_core.data.artifacts import open_zarr, save_zarr
 from dmr_core.params import Params
 from dmr_core.synthesis.latent_mixing import class_means
 
-from ._common import run
+from dmr_core.runtime.stage import run
 
 
 def main(params: Params, latents: Path, out: Path) -> None:

@@ -14,7 +14,8 @@ from dmr_core.training.classifier import ClassifierTrainingConfig, accuracy, tra
 from dmr_core.training.curves import write_curve
 from dmr_core.training.loop import seed_everything
 
-from ._common import read_image_set, run
+from dmr_core.data.layout import read_image_set
+from dmr_core.runtime.stage import run
 
 
 def main(params: Params, train: Path, test: Path, out: Path, metrics: Path, curve: Path) -> None:

@@ -22,7 +22,8 @@ from dmr_core.evaluation.metrics import evaluate_scores
 from dmr_core.nets.rejection_head import load_head
 from dmr_core.params import Params
 
-from ._common import open_features, run
+from dmr_core.data.layout import open_features
+from dmr_core.runtime.stage import run
 
 
 def main(params: Params, dmr_scores: Path, posthoc_scores: Path, head: Path, features: Path, scores: Path,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from dmr_core.data.artifacts import atomic_output, save_zarr, write_json
+from dmr_core.data.encoding import is_as_stored
 from dmr_core.detectors.dmr import evaluate_head
 from dmr_core.detectors.threshold import ood_threshold, threshold_attrs
 from dmr_core.evaluation.metrics import roc_points
@@ -16,7 +17,8 @@ from dmr_core.nets.rejection_head import load_head
 from dmr_core.params import Params
 from dmr_core.plotting import save_roc_plot, save_score_histograms
 
-from ._common import ood_features, open_features, run
+from dmr_core.data.layout import ood_features, open_features
+from dmr_core.runtime.stage import run
 
 
 def main(params: Params, head: Path, features: Path, scores: Path, metrics: Path, plots: Path) -> None:
@@ -37,9 +39,11 @@ def main(params: Params, head: Path, features: Path, scores: Path, metrics: Path
         for name, values in result.ood_scores.items():
             fpr, tpr = roc_points(result.id_scores, values, params.eval.roc_points)
             pd.DataFrame({"fpr": fpr.round(5), "tpr": tpr.round(5)}).to_csv(roc_dir / f"{name}.csv", index=False)
-            curves[name] = (fpr, tpr, result.metrics[name]["AUROC"])
+            if not is_as_stored(name):  # the pictures show the sets as scored; the as-stored curves are in roc/
+                curves[name] = (fpr, tpr, result.metrics[name]["AUROC"])
     save_roc_plot(curves, plots / "roc.png", "DMR rejection head: ROC per OOD set")
-    save_score_histograms(result.id_scores, result.ood_scores, plots / "score_histograms.png",
+    matched = {name: values for name, values in result.ood_scores.items() if not is_as_stored(name)}
+    save_score_histograms(result.id_scores, matched, plots / "score_histograms.png",
                           params.eval.histogram_bins, "DMR rejection-head logit (higher = more OOD)")
 
 

@@ -12,7 +12,8 @@ from dmr_core.nets.classifier import load_classifier
 from dmr_core.nets.features import extract_feature_rows
 from dmr_core.params import Params
 
-from ._common import id_split_path, ood_set_path, read_image_set, read_sets_index, run
+from dmr_core.data.layout import id_split_path, ood_set_path, read_image_set, read_sets_index
+from dmr_core.runtime.stage import run
 
 ROWS_PER_CHUNK = 2048
 

@@ -12,7 +12,8 @@ from dmr_core.params import Params
 from dmr_core.plotting import save_image_grid
 from dmr_core.synthesis.figures import feasible_ks, fixed_sources, k_sweep, lambda_sweep
 
-from ._common import read_image_set, run
+from dmr_core.data.layout import read_image_set
+from dmr_core.runtime.stage import run
 
 
 def main(params: Params, train: Path, latents: Path, class_means: Path, generator: Path, plots: Path) -> None:

@@ -17,7 +17,8 @@ from dmr_core.training.curves import write_curve
 from dmr_core.training.generator import GeneratorTrainingConfig, prepare_generator
 from dmr_core.training.perceptual import load_perceptual_loss
 
-from ._common import read_image_set, run
+from dmr_core.data.layout import read_image_set
+from dmr_core.runtime.stage import run
 
 
 def main(params: Params, train: Path, test: Path, perceptual_net: Path, out: Path, metrics: Path,

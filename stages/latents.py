@@ -13,7 +13,8 @@ from dmr_core.nets.generator import load_generator
 from dmr_core.params import Params
 from dmr_core.synthesis.latent_routes import draw_latents, num_latents
 
-from ._common import read_image_set, run
+from dmr_core.data.layout import read_image_set
+from dmr_core.runtime.stage import run
 
 ROWS_PER_CHUNK = 4096
 

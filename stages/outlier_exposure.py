@@ -25,7 +25,8 @@ from dmr_core.training.outlier_exposure import (
     not_run,
 )
 
-from ._common import id_split_path, ood_set_path, read_image_set, read_sets_index, run
+from dmr_core.data.layout import id_split_path, ood_set_path, read_image_set, read_sets_index
+from dmr_core.runtime.stage import run
 
 
 def main(params: Params, datasets: Path, classifier: Path, metrics: Path) -> None:

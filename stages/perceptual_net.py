@@ -9,7 +9,7 @@ from dmr_core.data.artifacts import atomic_output
 from dmr_core.params import Params
 from dmr_core.training.perceptual import write_perceptual_net
 
-from ._common import run
+from dmr_core.runtime.stage import run
 
 
 def main(params: Params, classifier: Path, out: Path) -> None:

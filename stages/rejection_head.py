@@ -15,7 +15,8 @@ from dmr_core.params import Params
 from dmr_core.training.curves import write_curve
 from dmr_core.training.head import HeadConfig, train_head_on_images
 
-from ._common import open_features, run
+from dmr_core.data.layout import open_features
+from dmr_core.runtime.stage import run
 
 
 def main(params: Params, features: Path, ood_synth: Path, classifier: Path, out: Path, metrics: Path,

@@ -12,14 +12,16 @@ from dmr_core.evaluation.report import (
     collect,
     describe_synthesis,
     dmr_row_name,
+    headline,
     paper_tables,
     render_markdown,
+    with_headline,
 )
 from dmr_core.params import Params
 from dmr_core.plotting import save_bar_chart
 from dmr_core.synthesis.dmr import SynthConfig
 
-from ._common import run
+from dmr_core.runtime.stage import run
 
 
 def _read(path: Path) -> dict:
@@ -29,7 +31,7 @@ def _read(path: Path) -> dict:
 
 
 def main(params: Params, eval_metrics: Path, baselines: Path, combined: Path, synth_baselines: Path, classifier: Path,
-         data: Path, outlier_exposure: Path, out_md: Path, out_csv: Path, plot: Path) -> None:
+         data: Path, outlier_exposure: Path, out_md: Path, out_csv: Path, plot: Path, readme: Path) -> None:
     synth = {v: _read(synth_baselines / f"{v}.json") for v in params.synth_baselines.variants}
     method, oe = params.synth.method, _read(outlier_exposure)
     methods = collect(_read(eval_metrics), _read(baselines), synth, _read(combined), method, oe)
@@ -43,9 +45,17 @@ def main(params: Params, eval_metrics: Path, baselines: Path, combined: Path, sy
                                paper, oe)
     with atomic_output(out_md) as tmp:
         tmp.write_text(markdown)
-    means = table[table["set"] == "mean"].set_index("method")["auroc"].to_dict()
-    save_bar_chart(means, plot, "Mean AUROC over the evaluated OOD sets", "AUROC (%)",
-                   highlight=(dmr_row_name(method),))
+    summary = "near_far_mean" if (table["set"] == "near_far_mean").any() else "mean"
+    means = table[table["set"] == summary].set_index("method")["auroc"].to_dict()
+    save_bar_chart(means, plot, "AUROC: the average of the near- and far-OOD means" if summary == "near_far_mean"
+                   else "Mean AUROC over the evaluated OOD sets", "AUROC (%)", highlight=(dmr_row_name(method),))
+    # the README's results block, when the project has one (a copy of the project for a test may not)
+    if readme.is_file():
+        text = readme.read_text()
+        updated = with_headline(text, headline(table))
+        if updated != text:
+            with atomic_output(readme) as tmp:
+                tmp.write_text(updated)
     print(markdown)
 
 

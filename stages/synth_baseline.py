@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from dmr_core.data.artifacts import open_zarr, write_json
+from dmr_core.data.encoding import encode_like, resolve_encoding, stored_encoding
 from dmr_core.detectors.dmr import evaluate_head
 from dmr_core.distributed import split_over_ranks
 from dmr_core.errors import ParamsError
@@ -20,7 +21,8 @@ from dmr_core.synthesis.baseline import save_synthesised_plot, synthesised_count
 from dmr_core.synthesis.variants import VARIANTS, SynthesisSources, VariantConfig
 from dmr_core.training.head import HeadConfig
 
-from ._common import ood_features, open_features, run
+from dmr_core.data.layout import ood_features, open_features
+from dmr_core.runtime.stage import run
 
 
 def main(params: Params, variant: str, train: Path, latents: Path, class_means: Path, generator: Path,
@@ -43,6 +45,9 @@ def main(params: Params, variant: str, train: Path, latents: Path, class_means: 
         feature_maps=group["id_train"]["feature_map"], logits=group["id_train"]["logits"],
         class_weights=model.classifier_head().weight.detach(), id_features=id_features)
     synthesised = VARIANTS[variant].synthesise(sources, params.synth_baselines.to(VariantConfig))
+    if isinstance(synthesised, np.ndarray):  # images pass through the ID files' encoding, as DMR's (synth.encoding)
+        id_attrs = open_zarr(train, "the datasets (stage data)").attrs
+        synthesised = encode_like(synthesised, resolve_encoding(params.synth.encoding, stored_encoding(id_attrs)))
     trained = train_head_on_synthesised(model, id_features, synthesised, h.feature, h.to(HeadConfig),
                                         params.features.batch_size)
     result = evaluate_head(trained.head, group["id_test"][h.feature], ood_features(group, h.feature))

@@ -215,7 +215,7 @@ def test_features_stage_with_two_processes_equals_one(tmp_path):
     from dmr_core.nets.classifier import save_classifier
     from dmr_core.params import load_params
     from stages import features as features_stage
-    from stages._common import write_sets_index
+    from dmr_core.data.layout import write_sets_index
 
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     datasets, rng = tmp_path / "datasets", np.random.default_rng(0)
@@ -249,7 +249,7 @@ def test_interrupted_relaunched_stage_says_so_once_and_leaves_no_output(tmp_path
 
     from dmr_core.data.artifacts import save_zarr
     from dmr_core.nets.classifier import save_classifier
-    from stages._common import write_sets_index
+    from dmr_core.data.layout import write_sets_index
 
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     datasets, rng = tmp_path / "datasets", np.random.default_rng(0)

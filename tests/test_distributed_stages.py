@@ -33,7 +33,7 @@ from dmr_core.training.head import HeadConfig, train_head_on_images
 from stages import class_means as class_means_stage
 from stages import latents as latents_stage
 from stages import ood_synth as ood_synth_stage
-from stages._common import FAILURE_START, forward_until_failure
+from dmr_core.runtime.launcher import FAILURE_START, forward_until_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = [f"c{i}" for i in range(10)]

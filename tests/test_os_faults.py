@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 
 from dmr_core.data.artifacts import atomic_output, write_json
-from stages._common import os_fault_message, run
+from dmr_core.runtime.os_faults import os_fault_message
+from dmr_core.runtime.stage import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_stage_in_process(main, tmp_path: Path, monkeypatch, capsys, *args: str) -> tuple[int, list[str]]:
-    """(exit code, stderr lines) of ``stages._common.run(main, "fake")`` called with ``args``, in ``tmp_path``."""
+    """(exit code, stderr lines) of ``dmr_core.runtime.stage.run(main, "fake")`` called with ``args``, in ``tmp_path``."""
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["fake", *args])

@@ -35,7 +35,7 @@ from dmr_core.training.outlier_exposure import (
     not_run,
     outlier_exposure_loss,
 )
-from stages._common import id_split_path, ood_set_path, write_sets_index
+from dmr_core.data.layout import id_split_path, ood_set_path, write_sets_index
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -18,15 +18,33 @@ def test_full_pipeline_produces_metrics_and_plots(tiny_project):
     metrics = json.loads((tiny_project / "metrics" / "eval.json").read_text())
     scores = zarr.open_group(str(tiny_project / "data" / "dmr_scores.zarr"), mode="r")
     sets = ["textures_partial", "icons", "scenes_crop", "tinyimagenet_part", "gaussian", "gaussian_raw"]
-    assert list(scores.attrs["ood_sets"]) == sets
-    assert [k for k, v in metrics.items() if isinstance(v, dict)] == sets + ["near_mean", "far_mean", "mean"]
-    for name in sets:
+    # the offline cifar10.tar is JPEG quality 75: every OOD set is scored after that encoding, and as stored
+    stored = [s + ".as_stored" for s in sets]
+    data = json.loads((tiny_project / "metrics" / "data.json").read_text())
+    assert data["ood_encoding"]["applied"] == data["ood_encoding"]["id_train_files"] == "JPEG quality 75, 4:2:0"
+    assert list(scores.attrs["ood_sets"]) == sets + stored
+    summaries = ["near_mean", "far_mean", "near_far_mean", "mean"]
+    assert [k for k, v in metrics.items() if isinstance(v, dict)] == (
+        sets + stored + summaries + [k + ".as_stored" for k in summaries])
+    for name in sets + stored:
         assert metrics[name] == ood_metrics(scores["id_test"][:], scores["ood"][name][:]), name
     far = [s for s in sets if s != "tinyimagenet_part"]
     for key in METRIC_KEYS:
         assert metrics["mean"][key] == pytest.approx(np.mean([metrics[s][key] for s in sets]), abs=1e-3)
         assert metrics["far_mean"][key] == pytest.approx(np.mean([metrics[s][key] for s in far]), abs=1e-3)
+        assert metrics["near_far_mean"][key] == pytest.approx(
+            (metrics["near_mean"][key] + metrics["far_mean"][key]) / 2, abs=1e-3)
+        assert metrics["mean.as_stored"][key] == pytest.approx(np.mean([metrics[s][key] for s in stored]), abs=1e-3)
     assert metrics["near_mean"] == metrics["tinyimagenet_part"]
+    assert metrics["near_mean.as_stored"] == metrics["tinyimagenet_part.as_stored"]
+    # the matched copy differs from the stored one by the ID files' encoding, image for image
+    matched = zarr.open_group(str(tiny_project / "data/datasets/ood/icons.zarr"), mode="r")["images"][:]
+    as_stored = zarr.open_group(str(tiny_project / "data/datasets/ood/icons.as_stored.zarr"), mode="r")["images"][:]
+    assert matched.shape == as_stored.shape and not np.array_equal(matched, as_stored)
+    assert np.abs(matched.astype(int) - as_stored).mean() < 20
+    # the synthesised training images went through the same encoding
+    assert zarr.open_group(str(tiny_project / "data/ood_synth.zarr"), mode="r").attrs["encoding"] == (
+        "JPEG quality 75, 4:2:0")
     assert json.loads((tiny_project / "metrics" / "classifier.json").read_text())["test_accuracy"] > 30
     for plot in ("generator/recon.png", "ood_synth/samples.png", "eval/roc.png", "eval/score_histograms.png",
                  "eval/roc/icons.csv", "paper/fig3_k.png", "paper/fig4_lambda.png"):
@@ -57,9 +75,18 @@ def test_report_lists_every_method_and_set(tiny_project):
     assert (tiny_project / "plots" / "report" / "mean_auroc.png").stat().st_size > 0
     csv = (tiny_project / "metrics" / "report.csv").read_text().splitlines()
     assert csv[0] == "method,kind,set,auroc,aupr_out,fpr95tpr,paper_auroc,paper_aupr_out"
-    assert len(csv) == 1 + 20 * 9  # 19 methods and the combined row x (6 sets + near, far and overall mean)
-    assert "| method | kind | textures_partial | icons | scenes_crop | tinyimagenet_part | gaussian | gaussian_raw | " \
-           "near-OOD mean | far-OOD mean | mean |" in report
+    methods = len(baselines) + 1 + len(SYNTH_BASELINES) + 1  # post-hoc, DMR, the synthesis variants, combined
+    # each method x (6 sets, as scored and as stored, + near, far, their average and the mean of each)
+    assert len(csv) == 1 + methods * (2 * 6 + 2 * 4)
+    header = ("| method | kind | textures_partial | icons | scenes_crop | tinyimagenet_part | gaussian | gaussian_raw | "
+              "near-OOD mean | far-OOD mean | near/far average | mean |")
+    assert report.count(header) == 4  # AUROC and AUPR-OUT, of the sets as scored and as stored
+    assert "## AUROC, OOD sets as stored" in report
+    # the README's results block is the headline of this run, ranked by the near/far average
+    readme = (tiny_project / "README.md").read_text()
+    block = readme.split("<!-- results:begin -->")[1].split("<!-- results:end -->")[0]
+    assert "| DMR (DMR+MLM, eq. 7) |" in block and "near/far average (as stored)" in block
+    assert len([line for line in block.splitlines() if line.startswith("| ")]) == 1 + methods
     combined = json.loads((tiny_project / "metrics" / "combined.json").read_text())
     assert combined["method"] == "DMR + KNN" and set(combined["icons"]) == eval_fields
 

@@ -23,7 +23,7 @@ from dmr_core.params import Params, parse_params
 from dmr_core.profiles.compose import compose_params, load_profile, profile_names
 from stages import classifier as classifier_stage
 from stages import data as data_stage
-from stages._common import id_split_path, read_image_set
+from dmr_core.data.layout import id_split_path, read_image_set
 
 pytestmark = pytest.mark.e2e
 

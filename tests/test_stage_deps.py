@@ -5,41 +5,10 @@ from pathlib import Path
 
 import yaml
 
+from dmr_core.runtime.code_deps import (NOT_OUTPUT_AFFECTING_FILES, code_closure, expected_code_deps,
+                                       rewrite_code_deps, stage_module)
+
 ROOT = Path(__file__).resolve().parents[1]
-# Validation and error classes change no output; listing them (and what validation imports to know the allowed
-# names) would re-run every stage on a new param.
-NOT_OUTPUT_AFFECTING = {"dmr_core/params.py", "dmr_core/errors.py"}
-
-
-def local_imports(path: str) -> set[str]:
-    """The project modules ``path`` imports: relative imports of any level and absolute ``dmr_core.`` ones."""
-    package = Path(path).parent
-    found = set()
-    for node in ast.walk(ast.parse((ROOT / path).read_text())):
-        if not isinstance(node, ast.ImportFrom):
-            continue
-        if node.level:
-            base = package.parents[node.level - 2] if node.level > 1 else package
-            module = base.joinpath(*(node.module or "").split("."))
-        elif (node.module or "").startswith("dmr_core."):
-            module = Path(*node.module.split("."))
-        else:
-            continue
-        found.add(f"{module.as_posix()}.py")
-    return found
-
-
-def code_closure(stage_module: str) -> set[str]:
-    """The stage module and every project module it reaches, without passing through validation."""
-    seen, todo = set(), [stage_module]
-    while todo:
-        path = todo.pop()
-        if path not in seen:
-            seen.add(path)
-            assert (ROOT / path).is_file(), f"{path} is imported but does not exist"
-            if path not in NOT_OUTPUT_AFFECTING:
-                todo.extend(local_imports(path))
-    return seen - NOT_OUTPUT_AFFECTING
 
 
 def stage_code_deps() -> dict[str, tuple[set[str], set[str]]]:
@@ -48,8 +17,7 @@ def stage_code_deps() -> dict[str, tuple[set[str], set[str]]]:
     found = {}
     for name, stage in stages.items():
         body = stage.get("do", stage)
-        module = body["cmd"].split()[2].replace(".", "/") + ".py"
-        found[name] = ({d for d in body["deps"] if d.endswith(".py")}, code_closure(module))
+        found[name] = ({d for d in body["deps"] if d.endswith(".py")}, code_closure(ROOT, stage_module(body)))
     return found
 
 
@@ -62,10 +30,10 @@ def test_every_stage_lists_exactly_its_code():
 
 def test_the_closure_follows_imports_of_every_level():
     """A module deep in a subpackage reaches its siblings (level 1) and the package root (level 2)."""
-    reached = code_closure("dmr_core/training/head.py")
+    reached = code_closure(ROOT, "dmr_core/training/head.py")
     assert {"dmr_core/training/loop.py", "dmr_core/nets/rejection_head.py", "dmr_core/device.py",
             "dmr_core/nets/checkpoints.py"} <= reached
-    assert not reached & NOT_OUTPUT_AFFECTING
+    assert not reached & NOT_OUTPUT_AFFECTING_FILES
 
 
 def test_package_inits_hold_no_code():
@@ -83,3 +51,29 @@ def test_every_stage_module_is_in_the_pipeline():
                for body in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values()}
     on_disk = {p.name for p in (ROOT / "stages").glob("*.py") if not p.name.startswith("_")}
     assert on_disk == modules
+
+
+def test_the_rewrite_is_current_and_restores_a_damaged_list():
+    """`python -m dmr_core.runtime.code_deps` leaves the committed dvc.yaml as it is, and puts back a code dep that
+    was dropped and drops one that is not imported, keeping the data deps and the comments."""
+    text = (ROOT / "dvc.yaml").read_text()
+    expected = expected_code_deps(ROOT)
+    assert rewrite_code_deps(text, expected) == text
+    damaged = text.replace("      - dmr_core/data/datasets.py\n", "      - dmr_core/plotting.py\n", 1)
+    assert damaged != text
+    assert rewrite_code_deps(damaged, expected) == text
+
+
+def test_no_stage_depends_on_the_launcher():
+    """The launcher and the error path change no output, so editing them re-runs nothing."""
+    for name, (listed, _) in stage_code_deps().items():
+        assert not {d for d in listed if d.startswith("dmr_core/runtime/") or d.startswith("stages/_")}, name
+
+
+def test_the_library_imports_nothing_from_the_stages():
+    for path in (ROOT / "dmr_core").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            assert not any(n == "stages" or n.startswith("stages.") for n in names), path.relative_to(ROOT)

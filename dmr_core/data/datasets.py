@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..errors import DataError
+from .encoding import JpegEncoding, dominant_encoding, jpeg_encoding_of
 from .sources import IMAGE_SIZE, Entry, Listing, decode_image, fit_image, is_archive, list_images, read_payloads
 
 CIFAR10_CLASSES = (
@@ -102,6 +103,9 @@ class ImageSet:
     class_names: list[str]
     source: str
     skipped: dict[str, int] = field(default_factory=dict)
+    # how most of its files were encoded (None: not JPEG, or generated / downloaded as arrays) and their share
+    encoding: JpegEncoding | None = None
+    encoding_share: float = 0.0
 
 
 def env_folder(variable: str) -> Path | None:
@@ -225,7 +229,7 @@ def read_split(
         chosen += [(label, e) for e in entries]
 
     labels_of = {id(entry): label for label, entry in chosen}
-    images, labels = [], []
+    images, labels, encodings = [], [], Counter()
     for entry, payload in read_payloads(source, [e for _, e in chosen]):
         if payload is None:
             skipped["unreadable"] += 1
@@ -237,6 +241,7 @@ def read_split(
             continue
         images.append(array)
         labels.append(labels_of[id(entry)])
+        encodings[jpeg_encoding_of(payload)] += 1
     if class_names is not None:
         present = set(labels)
         empty = [c for i, c in enumerate(class_names) if i not in present]
@@ -244,8 +249,10 @@ def read_split(
             raise DataError(f"{where}: class(es) {_short_list(empty)} have no usable images (skipped: {dict(skipped)})")
     if not images:
         raise DataError(f"{where}: no usable images under {prefix or 'it'}/ (skipped: {dict(skipped)})")
+    encoding, share = dominant_encoding(encodings)
     return ImageSet(images=np.stack(images), labels=np.asarray(labels, dtype=np.int16),
-                    class_names=list(class_names or []), source=where, skipped=dict(skipped))
+                    class_names=list(class_names or []), source=where, skipped=dict(skipped), encoding=encoding,
+                    encoding_share=share)
 
 
 def read_tar_split(archive: Path, top: str, split: str, class_names: tuple[str, ...] | None, per_class: int = 0,

@@ -7,13 +7,17 @@ import torch
 from pytorch_ood.metrics import OODMetrics
 from sklearn.metrics import roc_curve
 
+from ..data.encoding import AS_STORED_SUFFIX, is_as_stored
+
 METRIC_KEYS = ("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR")
 # OpenOOD v1.5 (Zhang et al. 2023) reports CIFAR's OOD sets in two groups: near-OOD, natural images semantically
 # close to the ID classes (the other CIFAR, Tiny ImageNet with the classes that overlap CIFAR-10 removed), and far-OOD,
 # the rest (digits, textures, icons, scenes, noise, a user's own sets). A method that wins only on far-OOD noise is not
 # a better detector. An ID set is never its own OOD set, so listing both CIFARs names the other one.
 NEAR_OOD_SETS = ("tinyimagenet_part", "tinyimagenet_crop", "cifar10", "cifar100")
-SUMMARY_KEYS = ("near_mean", "far_mean", "mean")
+# near_far_mean, the average of the near and far means, weighs near-OOD as much as far-OOD whatever the number of sets
+# in each group: it is the summary defaults are chosen by (the mean over sets lets one near set count 1/6).
+SUMMARY_KEYS = ("near_mean", "far_mean", "near_far_mean", "mean")
 
 
 def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
@@ -30,14 +34,29 @@ def _mean(metrics: list[dict[str, float]]) -> dict[str, float]:
     return {key: round(float(np.mean([m[key] for m in metrics])), 3) for key in METRIC_KEYS}
 
 
-def evaluate_scores(id_scores: np.ndarray, ood_scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Metrics per OOD set, then their unweighted means: ``near_mean`` over the near-OOD sets and ``far_mean`` over
-    the others when both kinds were evaluated, and ``mean`` over all sets."""
-    per_set = {name: ood_metrics(id_scores, scores) for name, scores in ood_scores.items()}
+def summarise(per_set: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The unweighted means of per-set metrics: ``near_mean`` over the near-OOD sets, ``far_mean`` over the others
+    and ``near_far_mean``, their average, when both kinds are present; ``mean`` over all sets."""
     near = [m for name, m in per_set.items() if name in NEAR_OOD_SETS]
     far = [m for name, m in per_set.items() if name not in NEAR_OOD_SETS]
-    summary = {"near_mean": _mean(near), "far_mean": _mean(far)} if near and far else {}
-    return {**per_set, **summary, "mean": _mean(list(per_set.values()))}
+    summary = {}
+    if near and far:
+        summary = {"near_mean": _mean(near), "far_mean": _mean(far)}
+        summary["near_far_mean"] = _mean([summary["near_mean"], summary["far_mean"]])
+    return {**summary, "mean": _mean(list(per_set.values()))}
+
+
+def evaluate_scores(id_scores: np.ndarray, ood_scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Metrics per OOD set, then their summaries (:func:`summarise`). Sets evaluated as stored beside their
+    encoding-matched copy (``<name>.as_stored``, see ``dmr_core.data.encoding``) are summarised apart, under
+    ``<summary>.as_stored``, so that every summary compares like with like."""
+    per_set = {name: ood_metrics(id_scores, scores) for name, scores in ood_scores.items()}
+    matched = {name: m for name, m in per_set.items() if not is_as_stored(name)}
+    as_stored = {name.removesuffix(AS_STORED_SUFFIX): m for name, m in per_set.items() if is_as_stored(name)}
+    result = {**per_set, **summarise(matched)}
+    if as_stored:
+        result.update({key + AS_STORED_SUFFIX: m for key, m in summarise(as_stored).items()})
+    return result
 
 
 def roc_points(id_scores: np.ndarray, ood_scores: np.ndarray, max_points: int = 200) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ from importlib import resources
 
 import pandas as pd
 
+from ..data.encoding import AS_STORED_SUFFIX, as_stored_name
 from ..detectors.posthoc import DETECTORS
 from ..evaluation.metrics import NEAR_OOD_SETS, SUMMARY_KEYS
 from ..synthesis.dmr import SynthConfig
@@ -16,7 +17,11 @@ from ..synthesis.variants import VARIANTS
 
 PAPER_SETS = ("svhn", "textures", "lsun_crop", "tinyimagenet_crop", "places365", "gaussian")
 OE_NAME = "OE (Outlier Exposure)"
-COLUMN_TITLES = {"near_mean": "near-OOD mean", "far_mean": "far-OOD mean"}
+COLUMN_TITLES = {"near_mean": "near-OOD mean", "far_mean": "far-OOD mean", "near_far_mean": "near/far average"}
+# what the rows are ranked by: near- and far-OOD weigh the same, whatever the number of sets in each group
+RANK_BY = ("near_far_mean", "mean")
+# the README's block the report stage rewrites with the headline table
+README_BLOCK = ("<!-- results:begin -->", "<!-- results:end -->")
 # The main pipeline's row, named after what synthesised its training set (synth.method), and the paper's rows it is
 # compared with: (its row in the per-set tables and Table 5, its row in Table 3). The paper's Table 1 DMR number is
 # what the authors' single-variant run gave and the paper prints the same number as Table 3's DMR+MLM, so both DMR
@@ -27,7 +32,6 @@ DMR_ROWS = {
     "mlm": ("DMR (MLM, eq. 4)", None, "MLM"),
 }
 assert set(DMR_ROWS) == set(METHODS), "every synth.method needs its row in the report"
-DMR_NAME = DMR_ROWS["dmr_mlm"][0]  # the default's
 # the synthesis variants in the paper's Table 2 only (CIFAR-100 against OE), not among the rows of Table 1
 TABLE2_ROWS = {"dmr_kirby": "DMR+KIRBY"}
 # our method name -> (its row in the paper's per-set tables and Table 5, its Table 3 row), from the detector and
@@ -211,44 +215,25 @@ def describe_outlier_exposure(outlier_exposure: dict | None) -> list[str]:
     return [line, ""]
 
 
-def render_markdown(table: pd.DataFrame, data: dict, classifier: dict, dmr_config: str = "",
-                    paper: dict | None = None, outlier_exposure: dict | None = None) -> str:
-    """The report: AUROC and AUPR-OUT tables (best per column in bold, paper value in brackets). ``data`` is the
-    data stage's metrics: the ID set, the OOD sets evaluated and where each came from; ``classifier`` the
-    classifier stage's (its arch says which paper table applies); ``paper`` the paper's tables
-    (:func:`paper_tables` when None); ``outlier_exposure`` the outlier_exposure stage's (its row, or the line
-    saying it was not run)."""
-    id_set = data.get("id_set", "cifar10")
-    present = set(table["set"])
-    sets = [s for s in data.get("ood", {}) if s in present] + [k for k in SUMMARY_KEYS if k in present]
-    order = (table[table["set"] == "mean"].sort_values("auroc", ascending=False)["method"].tolist())
-    paper_note = paper_note_for(paper_tables() if paper is None else paper, id_set, str(classifier.get("arch")))
-    lines = [
-        "# DMR vs. post-hoc detectors and other OOD-synthesis methods",
-        "",
-        f"ID: {ID_SET_TITLES.get(id_set, data.get('id_name', id_set))} test ({data.get('id_test', {}).get('images', 0):,} images, "
-        f"{data.get('classes', '?')} classes). Classifier: {classifier.get('arch')} "
-        f"({classifier.get('test_accuracy', float('nan')):.2f}% test accuracy), frozen; every method scores the same "
-        "classifier and the same OOD sets. Higher AUROC / AUPR-OUT is better; OOD is the positive class.",
-        f"Best per column in **bold**. {paper_note}",
-        "",
-        *_data_lines(data),
-    ]
-    if dmr_config:
-        lines += [f"The DMR row: {dmr_config}.", ""]
-    lines += describe_outlier_exposure(outlier_exposure)
-    if (table["kind"] == "combined").any():
-        lines += ["Rows of kind *combined* add a post-hoc score to DMR's (each standardised on ID-train scores; "
-                  "`combine.detector`). They are reported beside DMR, not instead of it.", ""]
-    near = [s for s in sets if s in NEAR_OOD_SETS]
-    if "near_mean" in sets:
-        lines += [f"Near-OOD sets (natural images close to the ID classes, as OpenOOD v1.5 groups them): "
-                  f"{', '.join(near)}; far-OOD: the others. Each mean is unweighted over its sets.", ""]
+def _ranked_methods(table: pd.DataFrame, suffix: str = "") -> list[str]:
+    """The methods, best first by the near/far average (the mean over sets where a run has no near/far split)."""
+    key = next((k + suffix for k in RANK_BY if (table["set"] == k + suffix).any()), None)
+    if key is None:
+        return list(dict.fromkeys(table["method"]))
+    return table[table["set"] == key].sort_values("auroc", ascending=False)["method"].tolist()
+
+
+def _column_title(set_name: str) -> str:
+    base = set_name.removesuffix(AS_STORED_SUFFIX)
+    return COLUMN_TITLES.get(base, base)
+
+
+def _metric_tables(table: pd.DataFrame, sets: list[str], order: list[str], heading: str) -> list[str]:
+    lines = []
     for metric, label in (("auroc", "AUROC"), ("aupr_out", "AUPR-OUT")):
         paper_col = "paper_" + metric
         best = {s: table[table["set"] == s][metric].max() for s in sets}
-        headings = [COLUMN_TITLES.get(s, s) for s in sets]
-        lines += [f"## {label}", "", "| method | kind | " + " | ".join(headings) + " |",
+        lines += [f"## {label}{heading}", "", "| method | kind | " + " | ".join(map(_column_title, sets)) + " |",
                   "|---|---|" + "---:|" * len(sets)]
         for method in order:
             sub = table[table["method"] == method].set_index("set")
@@ -261,4 +246,90 @@ def render_markdown(table: pd.DataFrame, data: dict, classifier: dict, dmr_confi
                 cells.append(_cell(sub.at[s, metric], sub.at[s, metric] == best[s], None if pd.isna(paper) else paper))
             lines.append(f"| {method} | {sub['kind'].iloc[0]} | " + " | ".join(cells) + " |")
         lines.append("")
+    return lines
+
+
+def encoding_line(data: dict) -> str:
+    """The report's sentence on how the OOD test sets were encoded (the data stage's ``ood_encoding``)."""
+    info = data.get("ood_encoding")
+    if not info:
+        return "OOD sets scored as stored."
+    line = (f"ID training files: {info.get('id_train_files')} ({info.get('id_train_share', 0):.0%} of them). OOD test "
+            f"sets scored after the ID files' encoding (data.ood_encoding = {info.get('setting')!r}): "
+            f"{info.get('applied')}")
+    if info.get("as_stored_sets"):
+        line += ("; the tables headed *as stored* score the same sets without it (the lossless files), where "
+                 "compression artefacts alone separate them from the ID test images")
+    return line + "."
+
+
+def render_markdown(table: pd.DataFrame, data: dict, classifier: dict, dmr_config: str = "",
+                    paper: dict | None = None, outlier_exposure: dict | None = None) -> str:
+    """The report: AUROC and AUPR-OUT tables (best per column in bold, paper value in brackets), rows ranked by
+    the near/far average. ``data`` is the data stage's metrics: the ID set, the OOD sets evaluated, where each
+    came from and how they were encoded (sets also scored as stored get tables of their own); ``classifier`` the
+    classifier stage's (its arch says which paper table applies); ``paper`` the paper's tables
+    (:func:`paper_tables` when None); ``outlier_exposure`` the outlier_exposure stage's (its row, or the line
+    saying it was not run)."""
+    id_set = data.get("id_set", "cifar10")
+    present = set(table["set"])
+    sets = [s for s in data.get("ood", {}) if s in present] + [k for k in SUMMARY_KEYS if k in present]
+    stored = ([as_stored_name(s) for s in data.get("ood", {}) if as_stored_name(s) in present]
+              + [k + AS_STORED_SUFFIX for k in SUMMARY_KEYS if k + AS_STORED_SUFFIX in present])
+    paper_note = paper_note_for(paper_tables() if paper is None else paper, id_set, str(classifier.get("arch")))
+    lines = [
+        "# DMR vs. post-hoc detectors and other OOD-synthesis methods",
+        "",
+        f"ID: {ID_SET_TITLES.get(id_set, data.get('id_name', id_set))} test ({data.get('id_test', {}).get('images', 0):,} images, "
+        f"{data.get('classes', '?')} classes). Classifier: {classifier.get('arch')} "
+        f"({classifier.get('test_accuracy', float('nan')):.2f}% test accuracy), frozen; every method scores the same "
+        "classifier and the same OOD sets. Higher AUROC / AUPR-OUT is better; OOD is the positive class.",
+        f"Best per column in **bold**. {paper_note}",
+        "",
+        *_data_lines(data),
+        encoding_line(data),
+        "",
+    ]
+    if dmr_config:
+        lines += [f"The DMR row: {dmr_config}.", ""]
+    lines += describe_outlier_exposure(outlier_exposure)
+    if (table["kind"] == "combined").any():
+        lines += ["Rows of kind *combined* add a post-hoc score to DMR's (each standardised on ID-train scores; "
+                  "`combine.detector`). They are reported beside DMR, not instead of it.", ""]
+    near = [s for s in sets if s in NEAR_OOD_SETS]
+    if "near_mean" in sets:
+        lines += [f"Near-OOD sets (natural images close to the ID classes, as OpenOOD v1.5 groups them): "
+                  f"{', '.join(near)}; far-OOD: the others. Each mean is unweighted over its sets; the near/far "
+                  "average weighs both groups the same, and ranks the rows.", ""]
+    lines += _metric_tables(table, sets, _ranked_methods(table), "")
+    if stored:
+        lines += _metric_tables(table, stored, _ranked_methods(table, AS_STORED_SUFFIX), ", OOD sets as stored")
     return "\n".join(lines)
+
+
+def headline(table: pd.DataFrame) -> str:
+    """The README's results table: each method's AUROC near-OOD, far-OOD, their average and the mean over sets,
+    ranked by the average; with the near-OOD mean and the average of the sets as stored where the run scored them
+    too."""
+    keys = [k for k in SUMMARY_KEYS if (table["set"] == k).any()]
+    # of the sets as stored, what the compression cue moves most: near-OOD, and the average ranking the rows
+    stored = [k + AS_STORED_SUFFIX for k in ("near_mean", "near_far_mean")
+              if (table["set"] == k + AS_STORED_SUFFIX).any()]
+    columns = keys + stored
+    titles = [_column_title(k) + (" (as stored)" if k.endswith(AS_STORED_SUFFIX) else "") for k in columns]
+    lines = ["| method | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(columns)]
+    for method in _ranked_methods(table):
+        sub = table[table["method"] == method].set_index("set")["auroc"]
+        lines.append(f"| {method} | " + " | ".join(f"{sub[k]:.2f}" if k in sub.index else "–" for k in columns) + " |")
+    return "\n".join(lines)
+
+
+def with_headline(readme: str, table_markdown: str) -> str:
+    """``readme`` with the text between its results markers replaced by ``table_markdown`` (unchanged without
+    the markers)."""
+    begin, end = README_BLOCK
+    if begin not in readme or end not in readme:
+        return readme
+    head, rest = readme.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{table_markdown}\n{end}{tail}"

@@ -1,7 +1,9 @@
 """The classifiers built for 32×32 inputs: CIFAR ResNets (He et al. 2016, option-A shortcuts), WRN-40-2 (the
-paper's), and torchvision's ResNet-50 and DenseNet-121 with a CIFAR stem (the paper's Table 5).
+paper's), DenseNet-BC-100 (k = 12; the CIFAR-10 backbone of the post-hoc OOD literature), and torchvision's
+ResNet-50 and DenseNet-121 with a CIFAR stem (the paper's Table 5).
 
-The CIFAR ResNets are state-dict compatible with the akamaster/pytorch_resnet_cifar10 checkpoints. The stem of
+The CIFAR ResNets are state-dict compatible with the akamaster/pytorch_resnet_cifar10 checkpoints, DenseNet-BC-100
+with the deeplearning-wisc/dice one (its ``DenseNet3(100, 10, 12, reduction=0.5, bottleneck=True)``). The stem of
 the two ImageNet architectures is made CIFAR's (a 3×3 stride-1 first convolution, no max-pool), as the CIFAR
 literature does, so a 32×32 image still ends in a 4×4 feature map rather than 1×1.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 import torchvision
 from torch import Tensor, nn
 from torch.nn import functional as nnf
@@ -164,6 +167,100 @@ class WideResNet(Classifier):
         """The last block of each third (each resolution)."""
         blocks = len(self.blocks)
         return tuple(f"blocks.{blocks * (i + 1) // 3 - 1}" for i in range(3))
+
+
+# The normalisation DenseNet-BC-100's published CIFAR-10 weights were trained with (CIFAR-10's own statistics).
+DENSENET_BC_MEAN = (0.4914, 0.4822, 0.4465)
+DENSENET_BC_STD = (0.2023, 0.1994, 0.2010)
+
+
+class _DenseBottleneck(nn.Module):
+    """BN-ReLU-1×1 conv to 4k channels, BN-ReLU-3×3 conv to k, concatenated to the input (Huang et al. 2017)."""
+
+    def __init__(self, in_planes: int, growth: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, 4 * growth, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4 * growth)
+        self.conv2 = nn.Conv2d(4 * growth, growth, 3, 1, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv2(nnf.relu(self.bn2(self.conv1(nnf.relu(self.bn1(x))))))
+        return torch.cat([x, out], 1)
+
+
+class _DenseBlock(nn.Module):
+    def __init__(self, layers: int, in_planes: int, growth: int) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(*(_DenseBottleneck(in_planes + i * growth, growth) for i in range(layers)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x)
+
+
+class _Transition(nn.Module):
+    """BN-ReLU-1×1 conv to ``out_planes``, then 2×2 average pooling."""
+
+    def __init__(self, in_planes: int, out_planes: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, out_planes, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nnf.avg_pool2d(self.conv1(nnf.relu(self.bn1(x))), 2)
+
+
+class DenseNetBC(Classifier):
+    """DenseNet-BC (Huang et al. 2017) for 32×32 inputs: a 3×3 stem of 2k channels, three dense blocks of
+    (depth − 4) / 6 bottleneck layers with growth rate k, compression-0.5 transitions, BN-ReLU, global average pool
+    and the classification layer. DenseNet-BC-100 (k = 12, 0.79 M parameters) is the network DICE, ReAct and ASH
+    report their CIFAR-10 tables on (as "DenseNet-101"); its feature map is the final ReLU, N×342×8×8."""
+
+    default_layer = pooled_layer = "relu"
+
+    def __init__(self, depth: int = 100, growth: int = 12, num_classes: int = 10) -> None:
+        super().__init__(DENSENET_BC_MEAN, DENSENET_BC_STD)
+        layers = (depth - 4) // 6
+        planes = 2 * growth
+        self.conv1 = nn.Conv2d(3, planes, 3, 1, 1, bias=False)
+        self.block1 = _DenseBlock(layers, planes, growth)
+        planes += layers * growth
+        self.trans1 = _Transition(planes, planes // 2)
+        planes //= 2
+        self.block2 = _DenseBlock(layers, planes, growth)
+        planes += layers * growth
+        self.trans2 = _Transition(planes, planes // 2)
+        planes //= 2
+        self.block3 = _DenseBlock(layers, planes, growth)
+        planes += layers * growth
+        self.feature_channels = planes
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(planes, num_classes)
+        for m in self.modules():  # the reference implementation's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, (2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)) ** 0.5)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The final BN + ReLU (N×342×8×8 for DenseNet-BC-100) of images in [0, 1]."""
+        out = self.trans2(self.block2(self.trans1(self.block1(self.conv1(self.normalise(x))))))
+        return self.relu(self.bn1(self.block3(out)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        fmap = self.feature_map(x)
+        with full_precision(fmap.device.type):
+            return self.fc(self.penultimate(fmap.float()))
+
+    def classifier_head(self) -> nn.Linear:
+        return self.fc
+
+    def stage_layers(self) -> tuple[str, ...]:
+        return ("block1", "block2", "block3")
 
 
 def _cifar_stem(channels: int) -> nn.Conv2d:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..errors import CheckpointError, ParamsError
 from .checkpoints import load_checkpoint, load_state_dict_checked, save_checkpoint
-from .cifar_nets import RESNET_DEPTHS, CifarResNet, WideResNet, cifar_densenet121, cifar_resnet50
+from .cifar_nets import RESNET_DEPTHS, CifarResNet, DenseNetBC, WideResNet, cifar_densenet121, cifar_resnet50
 from .classifier_base import AUTO_LAYER, IMAGE_MEAN, IMAGE_STD, Classifier
 from .hooks import on_meta, trace_layers
 from .torchvision_nets import PREFIX as TORCHVISION_PREFIX
@@ -38,14 +38,21 @@ PRETRAINED_FILES = {
     "resnet32": "resnet32-d509ac18.th",
     "resnet44": "resnet44-014dd654.th",
     "resnet56": "resnet56-4bfd9763.th",
+    "densenet100_bc": "densenet100bc-cifar10-deaefd08.pth.tar",
 }
 PRETRAINED_URL = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/{}"
+# where a file is published under another name than ours (the hash prefix is checked all the same)
+PRETRAINED_URLS = {
+    "densenet100_bc": "https://github.com/deeplearning-wisc/dice/raw/8acfb8d/checkpoints/CIFAR-10/densenet/"
+                      "checkpoint_100.pth.tar",
+}
 # the class count of the published CIFAR-10 weights
 PRETRAINED_CLASSES = 10
 
 ARCHITECTURES: dict[str, Callable[..., Classifier]] = {
     **{arch: partial(CifarResNet, depth) for arch, depth in RESNET_DEPTHS.items()},
     "wrn40_2": partial(WideResNet, 40, 2),
+    "densenet100_bc": partial(DenseNetBC, 100, 12),
     "resnet50": cifar_resnet50,
     "densenet121": cifar_densenet121,
 }
@@ -134,7 +141,8 @@ def pretrained_path(arch: str) -> Path:
             return path
     cache.mkdir(parents=True, exist_ok=True)
     try:
-        torch.hub.download_url_to_file(PRETRAINED_URL.format(name), str(cache / name), hash_prefix=hash_prefix)
+        url = PRETRAINED_URLS.get(arch, PRETRAINED_URL.format(name))
+        torch.hub.download_url_to_file(url, str(cache / name), hash_prefix=hash_prefix)
     except Exception as err:
         raise CheckpointError(
             f"pretrained weights {name} not found in {', '.join(str(c.parent) for c in candidates)} and the "
