@@ -89,7 +89,7 @@ def _latents_and_synth(inputs: Path, out: Path, route: str) -> None:
         if distributed.is_main():
             class_means_stage.main(params, out / "latents.zarr", out / "class_means.zarr")
         distributed.barrier()
-        ood_synth_stage.main(params, out / "latents.zarr", out / "class_means.zarr", inputs / f"{route}.pt",
+        ood_synth_stage.main(params, inputs / "train.zarr", out / "latents.zarr", out / "class_means.zarr", inputs / f"{route}.pt",
                              out / "ood_synth.zarr", out / "ood_synth.png")
     finally:
         latents_stage.ROWS_PER_CHUNK, ood_synth_stage.ROWS_PER_CHUNK = chunks
