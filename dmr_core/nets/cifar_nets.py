@@ -122,7 +122,21 @@ class _WideBlock(nn.Module):
         return y + (x if self.shortcut is None else self.shortcut(o))
 
 
-class WideResNet(Classifier):
+class _PooledFc(Classifier):
+    """A network whose logits are ``fc`` of the global average of its ``feature_map``."""
+
+    fc: nn.Linear
+
+    def forward(self, x: Tensor) -> Tensor:
+        fmap = self.feature_map(x)
+        with full_precision(fmap.device.type):
+            return self.fc(self.penultimate(fmap.float()))
+
+    def classifier_head(self) -> nn.Linear:
+        return self.fc
+
+
+class WideResNet(_PooledFc):
     """WRN-depth-width (Zagoruyko & Komodakis 2016); WRN-40-2 is the paper's classifier. ``dropout`` is the
     probability of the dropout between the two convolutions of every block while training (their "WRN-d-k with
     dropout"; 0.3 in the recipe the paper's classifiers were trained with, Hendrycks et al.'s OE code base)."""
@@ -154,14 +168,6 @@ class WideResNet(Classifier):
     def feature_map(self, x: Tensor) -> Tensor:
         """Last feature map (N×C×8×8) of images in [0, 1]: the final BN + ReLU."""
         return self.relu(self.bn(self.blocks(self.conv1(self.normalise(x)))))
-
-    def forward(self, x: Tensor) -> Tensor:
-        fmap = self.feature_map(x)
-        with full_precision(fmap.device.type):
-            return self.fc(self.penultimate(fmap.float()))
-
-    def classifier_head(self) -> nn.Linear:
-        return self.fc
 
     def stage_layers(self) -> tuple[str, ...]:
         """The last block of each third (each resolution)."""
@@ -210,7 +216,7 @@ class _Transition(nn.Module):
         return nnf.avg_pool2d(self.conv1(nnf.relu(self.bn1(x))), 2)
 
 
-class DenseNetBC(Classifier):
+class DenseNetBC(_PooledFc):
     """DenseNet-BC (Huang et al. 2017) for 32×32 inputs: a 3×3 stem of 2k channels, three dense blocks of
     (depth − 4) / 6 bottleneck layers with growth rate k, compression-0.5 transitions, BN-ReLU, global average pool
     and the classification layer. DenseNet-BC-100 (k = 12, 0.79 M parameters) is the network DICE, ReAct and ASH
@@ -250,14 +256,6 @@ class DenseNetBC(Classifier):
         """The final BN + ReLU (N×342×8×8 for DenseNet-BC-100) of images in [0, 1]."""
         out = self.trans2(self.block2(self.trans1(self.block1(self.conv1(self.normalise(x))))))
         return self.relu(self.bn1(self.block3(out)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        fmap = self.feature_map(x)
-        with full_precision(fmap.device.type):
-            return self.fc(self.penultimate(fmap.float()))
-
-    def classifier_head(self) -> nn.Linear:
-        return self.fc
 
     def stage_layers(self) -> tuple[str, ...]:
         return ("block1", "block2", "block3")
