@@ -426,3 +426,13 @@ def test_every_builtin_architecture_takes_a_training_step(arch):
     model = build_classifier(arch, num_classes=3, dropout=0.3 if arch == "wrn40_2" else 0.0).train()
     nnf.cross_entropy(model(torch.rand(2, 3, 32, 32)), torch.tensor([0, 2])).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_the_written_out_torchvision_models_are_the_installed_torchvisions():
+    """The classification models are written out so that a stage need not import torchvision to validate
+    classifier.arch; after a torchvision upgrade this names what to write."""
+    import torchvision.models
+
+    from dmr_core.nets.torchvision_nets import TORCHVISION_CLASSIFIERS
+
+    assert TORCHVISION_CLASSIFIERS == tuple(torchvision.models.list_models(module=torchvision.models))

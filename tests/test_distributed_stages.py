@@ -182,7 +182,8 @@ def test_one_process_writes_what_the_whole_array_writer_wrote(inputs, tmp_path, 
         "source_indices": synthesised.sources.astype(np.int32),
         "source_labels": synthesised.source_labels.astype(np.int16)},
         attrs={"method": s.method, "k": s.k, "lambda_dist": s.lambda_dist, "detail": s.detail,
-               "detail_fraction": s.detail_fraction}, rows_per_chunk=ROWS_PER_CHUNK)
+               "detail_fraction": s.detail_fraction, "encoding": "none"},  # the training set here is not JPEG
+        rows_per_chunk=ROWS_PER_CHUNK)
     assert _stored(tmp_path / "synth.zarr") == _stored(one / "ood_synth.zarr")
 
 

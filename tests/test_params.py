@@ -163,8 +163,8 @@ def test_penultimate_size_is_read_off_the_architecture_table():
     from dmr_core.params import penultimate_size
 
     assert {arch: penultimate_size(arch) for arch in ARCHITECTURES} == {
-        "resnet20": 64, "resnet32": 64, "resnet44": 64, "resnet56": 64, "wrn40_2": 128, "resnet50": 2048,
-        "densenet121": 1024}
+        "resnet20": 64, "resnet32": 64, "resnet44": 64, "resnet56": 64, "wrn40_2": 128, "densenet100_bc": 342,
+        "resnet50": 2048, "densenet121": 1024}
     assert penultimate_size("wrn40_2") == build_classifier("wrn40_2").classifier_head().in_features
     # independent of the class count the classifier is built with
     assert penultimate_size("wrn40_2") == build_classifier("wrn40_2", num_classes=3).classifier_head().in_features

@@ -38,7 +38,8 @@ CLASSES = {"cifar10": 10, "cifar100": 100}
 # 100 + 100 images, minutes for ResNet-50 and DenseNet-121 on two CPU cores
 CLASSIFIER_IMAGES = 10
 # what the head reads of each architecture (features.layer: auto)
-FEATURE_MAPS = {"wrn40_2": (128, 8, 8), "resnet50": (2048, 4, 4), "densenet121": (1024, 4, 4)}
+FEATURE_MAPS = {"wrn40_2": (128, 8, 8), "densenet100_bc": (342, 8, 8), "resnet50": (2048, 4, 4),
+                "densenet121": (1024, 4, 4)}
 
 
 def _pairs() -> dict[tuple[str, str], str]:
@@ -87,7 +88,8 @@ def datasets(tmp_path_factory):
 
 
 def test_the_profiles_cover_every_table_configuration():
-    assert set(PAIRS) == {(i, a) for i in ("cifar10", "cifar100") for a in ("wrn40_2", "resnet50", "densenet121")}
+    tables = {(i, a) for i in ("cifar10", "cifar100") for a in ("wrn40_2", "resnet50", "densenet121")}
+    assert set(PAIRS) == tables | {("cifar10", "densenet100_bc")}  # and the second CIFAR-10 backbone
 
 
 @pytest.mark.parametrize("pair", sorted(PAIRS), ids=lambda pair: f"{pair[0]}-{pair[1]}")
@@ -103,7 +105,7 @@ def test_data_and_classifier_stages_of_each_id_set_and_architecture(pair, datase
                           out=tmp_path / "classifier.pt", metrics=tmp_path / "classifier.json",
                           curve=tmp_path / "classifier_curve.csv")
     metrics = json.loads((tmp_path / "classifier.json").read_text())
-    assert (metrics["arch"], metrics["init"]) == (arch, "scratch") and params.classifier.arch == arch
+    assert (metrics["arch"], metrics["init"]) == (arch, params.classifier.init) and params.classifier.arch == arch
     assert len(metrics["train_loss_per_epoch"]) == 1 and math.isfinite(metrics["train_loss_per_epoch"][0])
     model = load_classifier(tmp_path / "classifier.pt")
     assert model.classifier_head().out_features == CLASSES[id_set]

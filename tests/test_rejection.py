@@ -137,10 +137,12 @@ def test_near_and_far_means_follow_the_openood_grouping():
     id_scores = rng.normal(size=300)
     ood = {"tinyimagenet_part": rng.normal(0.5, 1, 300), "icons": rng.normal(3, 1, 300), "gaussian": rng.normal(4, 1, 300)}
     results = evaluate_scores(id_scores, ood)
-    assert list(results) == ["tinyimagenet_part", "icons", "gaussian", "near_mean", "far_mean", "mean"]
+    assert list(results) == ["tinyimagenet_part", "icons", "gaussian", "near_mean", "far_mean", "near_far_mean", "mean"]
     assert results["near_mean"] == results["tinyimagenet_part"]
     assert results["far_mean"]["AUROC"] == pytest.approx((results["icons"]["AUROC"] + results["gaussian"]["AUROC"]) / 2,
                                                          abs=1e-3)
+    assert results["near_far_mean"]["AUROC"] == pytest.approx(
+        (results["near_mean"]["AUROC"] + results["far_mean"]["AUROC"]) / 2, abs=1e-3)
     assert "near_mean" not in evaluate_scores(id_scores, {"icons": ood["icons"]})  # no near set: the mean alone
 
 

@@ -16,28 +16,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from pytorch_ood.detector import (
-    ASH,
-    DICE,
-    KNN,
-    ODIN,
-    EnergyBased,
-    Entropy,
-    KLMatching,
-    Mahalanobis,
-    MaxLogit,
-    MaxSoftmax,
-    ReAct,
-    ViM,
-)
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from ..device import place_images, place_model, resolve_device
-from ..evaluation.metrics import evaluate_scores
 from ..images import to_float_images
 from ..nets.classifier_base import Classifier
+
+
+def _ood():
+    """pytorch-ood's detectors, imported when a detector is built: the import (with scipy and torchvision) costs
+    seconds, and every stage reads this table through the params, most without building a detector."""
+    from pytorch_ood import detector
+
+    return detector
 
 
 @dataclass(frozen=True)
@@ -100,7 +93,8 @@ def _odin(ctx: FitContext) -> Callable[[Tensor], Tensor]:
     """ODIN on ``ctx.device`` in float32: its temperature-1000 softmax and input-gradient sign are what it
     measures, so it gets no mixed precision and no TF32 convolutions."""
     s = ctx.settings
-    det = ODIN(place_model(ctx.model.for_inference(), ctx.device), eps=s.odin_eps, temperature=s.odin_temperature)
+    det = _ood().ODIN(place_model(ctx.model.for_inference(), ctx.device), eps=s.odin_eps,
+                      temperature=s.odin_temperature)
 
     def score(images: Tensor) -> Tensor:
         tf32 = torch.backends.cudnn.allow_tf32
@@ -114,35 +108,36 @@ def _odin(ctx: FitContext) -> Callable[[Tensor], Tensor]:
 
 
 def _react(ctx: FitContext) -> Callable[[Tensor], Tensor]:
-    det = ReAct(None, head=ctx.pooled_head, percentile=ctx.settings.react_percentile)
+    det = _ood().ReAct(None, head=ctx.pooled_head, percentile=ctx.settings.react_percentile)
     det.fit_feature_maps(ctx.tensor("feature_map"), ctx.labels)
     return det.predict_feature_maps
 
 
 DETECTORS: dict[str, DetectorSpec] = {
-    "MSP": DetectorSpec("logits", lambda ctx: MaxSoftmax(None).predict_logits, True),
+    "MSP": DetectorSpec("logits", lambda ctx: _ood().MaxSoftmax(None).predict_logits, True),
     "ODIN": DetectorSpec("images", _odin, True),
     "Mahalanobis": DetectorSpec(
-        "penultimate", lambda ctx: Mahalanobis(None).fit_features(ctx.tensor("penultimate"), ctx.labels)
+        "penultimate", lambda ctx: _ood().Mahalanobis(None).fit_features(ctx.tensor("penultimate"), ctx.labels)
         .predict_features, True),
-    "Energy": DetectorSpec("logits", lambda ctx: EnergyBased(None).predict_logits, True),
-    "Entropy": DetectorSpec("logits", lambda ctx: Entropy(None).predict_logits, True),
-    "MaxLogit": DetectorSpec("logits", lambda ctx: MaxLogit(None).predict_logits, True),
+    "Energy": DetectorSpec("logits", lambda ctx: _ood().EnergyBased(None).predict_logits, True),
+    "Entropy": DetectorSpec("logits", lambda ctx: _ood().Entropy(None).predict_logits, True),
+    "MaxLogit": DetectorSpec("logits", lambda ctx: _ood().MaxLogit(None).predict_logits, True),
     "KL-Matching": DetectorSpec(
-        "logits", lambda ctx: KLMatching(None).fit_logits(ctx.tensor("logits"), ctx.labels).predict_logits, True),
+        "logits", lambda ctx: _ood().KLMatching(None).fit_logits(ctx.tensor("logits"), ctx.labels).predict_logits,
+        True),
     "ViM": DetectorSpec(
-        "penultimate", lambda ctx: ViM(None, d=ctx.settings.vim_dim, w=ctx.weight, b=ctx.bias)
+        "penultimate", lambda ctx: _ood().ViM(None, d=ctx.settings.vim_dim, w=ctx.weight, b=ctx.bias)
         .fit_features(ctx.tensor("penultimate"), ctx.labels).predict_features, True),
     "KNN": DetectorSpec(
-        "penultimate", lambda ctx: KNN(None, k=ctx.settings.knn_k).fit_features(ctx.tensor("penultimate"), ctx.labels)
-        .predict_features),
+        "penultimate", lambda ctx: _ood().KNN(None, k=ctx.settings.knn_k)
+        .fit_features(ctx.tensor("penultimate"), ctx.labels).predict_features),
     "ReAct": DetectorSpec("feature_map", _react),
     "DICE": DetectorSpec(
-        "penultimate", lambda ctx: DICE(None, w=ctx.weight, b=ctx.bias, p=ctx.settings.dice_p)
+        "penultimate", lambda ctx: _ood().DICE(None, w=ctx.weight, b=ctx.bias, p=ctx.settings.dice_p)
         .fit_features(ctx.tensor("penultimate"), ctx.labels).predict_features),
     "ASH": DetectorSpec(
-        "feature_map", lambda ctx: ASH(None, head=ctx.pooled_head, variant="ash-s",
-                                       percentile=ctx.settings.ash_percentile).predict_feature_maps),
+        "feature_map", lambda ctx: _ood().ASH(None, head=ctx.pooled_head, variant="ash-s",
+                                              percentile=ctx.settings.ash_percentile).predict_feature_maps),
 }
 
 
@@ -216,5 +211,7 @@ def score_sets(detectors: list[FittedDetector], sets: dict[str, ScoringSet], bat
 
 def evaluate_detectors(scores: dict[str, dict[str, np.ndarray]], ood_sets: list[str]) -> dict[str, dict]:
     """{detector: OOD metrics per set and mean} from each detector's ``id_test`` and OOD-set scores."""
+    from ..evaluation.metrics import evaluate_scores
+
     return {name: evaluate_scores(per_set["id_test"], {s: per_set[s] for s in ood_sets})
             for name, per_set in scores.items()}

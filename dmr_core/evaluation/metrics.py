@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pytorch_ood.metrics import OODMetrics
-from sklearn.metrics import roc_curve
 
 from ..data.encoding import AS_STORED_SUFFIX, is_as_stored
 
@@ -22,6 +20,10 @@ SUMMARY_KEYS = ("near_mean", "far_mean", "near_far_mean", "mean")
 
 def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
     """AUROC, AUPR-IN, AUPR-OUT and FPR@95TPR in percent, for ID (label 0) vs OOD (label -1)."""
+    # imported here, not at the top: pytorch-ood's import (scipy, torchvision) costs seconds that the stages reading
+    # only reconstruction_error need not pay
+    from pytorch_ood.metrics import OODMetrics
+
     metrics = OODMetrics()
     scores = torch.from_numpy(np.concatenate([id_scores, ood_scores]).astype(np.float32))
     labels = torch.cat([torch.zeros(len(id_scores), dtype=torch.long), -torch.ones(len(ood_scores), dtype=torch.long)])
@@ -62,6 +64,8 @@ def evaluate_scores(id_scores: np.ndarray, ood_scores: dict[str, np.ndarray]) ->
 def roc_points(id_scores: np.ndarray, ood_scores: np.ndarray, max_points: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """(FPR, TPR) of the ROC curve, thinned to at most ``max_points`` for plotting."""
     y = np.concatenate([np.zeros(len(id_scores)), np.ones(len(ood_scores))])
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, _ = roc_curve(y, np.concatenate([id_scores, ood_scores]), drop_intermediate=True)
     if len(fpr) > max_points:
         keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))

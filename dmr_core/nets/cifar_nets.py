@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torchvision
 from torch import Tensor, nn
 from torch.nn import functional as nnf
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -270,7 +269,9 @@ def _cifar_stem(channels: int) -> nn.Conv2d:
 
 def cifar_resnet50(num_classes: int = 10) -> TorchvisionClassifier:
     """torchvision's ResNet-50 with a CIFAR stem; feature map layer4 (N×2048×4×4 for 32×32 images)."""
-    net = torchvision.models.resnet50(num_classes=num_classes)
+    from torchvision.models import resnet50
+
+    net = resnet50(num_classes=num_classes)
     net.conv1, net.maxpool = _cifar_stem(64), nn.Identity()
     return TorchvisionClassifier(net, head="fc", default_layer="layer4", pooled_layer="layer4",
                                  stages=("layer1", "layer2", "layer3", "layer4"))
@@ -279,7 +280,9 @@ def cifar_resnet50(num_classes: int = 10) -> TorchvisionClassifier:
 def cifar_densenet121(num_classes: int = 10) -> TorchvisionClassifier:
     """torchvision's DenseNet-121 with a CIFAR stem; feature map the final ReLU after ``features``
     (N×1024×4×4 for 32×32 images)."""
-    net = torchvision.models.densenet121(num_classes=num_classes)
+    from torchvision.models import densenet121
+
+    net = densenet121(num_classes=num_classes)
     net.features.conv0 = _cifar_stem(64)
     delattr(net.features, "pool0")
     # torchvision applies this ReLU functionally after ``features``; a module makes it hookable (applying ReLU

@@ -14,7 +14,6 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-import torchvision
 from torch import Tensor, nn
 from torch.nn import functional as nnf
 
@@ -29,9 +28,30 @@ LIST_HINT = ("list them with: python -c \"import torchvision.models as m; print(
              "(prefix each with torchvision:)")
 
 
+# The classification models of the pinned torchvision (``torchvision.models.list_models(module=torchvision.models)``:
+# not detection, segmentation, video, quantized), written out because importing torchvision costs every stage about
+# three seconds (it imports torch's compiler) and most stages never build a torchvision model; a test checks the
+# list against the installed torchvision.
+TORCHVISION_CLASSIFIERS: tuple[str, ...] = (
+    "alexnet", "convnext_base", "convnext_large", "convnext_small", "convnext_tiny", "densenet121",
+    "densenet161", "densenet169", "densenet201", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2",
+    "efficientnet_b3", "efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7",
+    "efficientnet_v2_l", "efficientnet_v2_m", "efficientnet_v2_s", "googlenet", "inception_v3", "maxvit_t",
+    "mnasnet0_5", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3", "mobilenet_v2", "mobilenet_v3_large",
+    "mobilenet_v3_small", "regnet_x_16gf", "regnet_x_1_6gf", "regnet_x_32gf", "regnet_x_3_2gf",
+    "regnet_x_400mf", "regnet_x_800mf", "regnet_x_8gf", "regnet_y_128gf", "regnet_y_16gf", "regnet_y_1_6gf",
+    "regnet_y_32gf", "regnet_y_3_2gf", "regnet_y_400mf", "regnet_y_800mf", "regnet_y_8gf", "resnet101",
+    "resnet152", "resnet18", "resnet34", "resnet50", "resnext101_32x8d", "resnext101_64x4d", "resnext50_32x4d",
+    "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "squeezenet1_0",
+    "squeezenet1_1", "swin_b", "swin_s", "swin_t", "swin_v2_b", "swin_v2_s", "swin_v2_t", "vgg11", "vgg11_bn",
+    "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "vit_b_16", "vit_b_32", "vit_h_14",
+    "vit_l_16", "vit_l_32", "wide_resnet101_2", "wide_resnet50_2",
+)
+
+
 def torchvision_names() -> tuple[str, ...]:
     """The classification models of ``torchvision.models`` (not detection, segmentation, video, quantized)."""
-    return tuple(torchvision.models.list_models(module=torchvision.models))
+    return TORCHVISION_CLASSIFIERS
 
 
 class TorchvisionClassifier(Classifier):
@@ -74,6 +94,8 @@ class TorchvisionLayout:
 
 def _weights(name: str):
     try:
+        import torchvision
+
         return torchvision.models.get_model_weights(name).DEFAULT
     except (ValueError, KeyError, AttributeError):
         return None
@@ -82,6 +104,8 @@ def _weights(name: str):
 def _get_model(name: str, **kwargs) -> nn.Module:
     with warnings.catch_warnings():  # GoogLeNet / Inception warn that their default init will change
         warnings.simplefilter("ignore", FutureWarning)
+        import torchvision
+
         return torchvision.models.get_model(name, **kwargs)
 
 

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pytorch_ood.detector import MaxSoftmax
-from pytorch_ood.loss import OutlierExposureLoss
 from torch import Tensor
 
 from ..device import autocast, batch_loader, place_images, place_model, resolve_device
@@ -58,6 +56,8 @@ def not_run() -> dict:
 def outlier_exposure_loss(logits: Tensor, labels: Tensor, alpha: float) -> Tensor:
     """Mean cross-entropy over the ID images (labels ≥ 0) plus α × the mean cross-entropy to the uniform
     distribution over the outliers (labels < 0): the OE objective above, from pytorch-ood's per-image loss."""
+    from pytorch_ood.loss import OutlierExposureLoss  # here: the stage imports this module also when OE is not run
+
     per_image = OutlierExposureLoss(alpha=alpha, reduction="none")(logits, labels)
     known = labels >= 0
     loss = per_image.new_zeros(())
@@ -129,4 +129,6 @@ def finetune_with_outliers(
 def msp_scores(model: Classifier, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """The OOD score of each image (uint8 N×H×W×3): its negated maximum softmax probability (pytorch-ood
     ``MaxSoftmax``; higher = more OOD), the score the OE paper evaluates its fine-tuned classifiers by."""
+    from pytorch_ood.detector import MaxSoftmax
+
     return MaxSoftmax.score(predict_logits(model, images, batch_size)).numpy().astype(np.float32)
