@@ -49,13 +49,9 @@ DMR_PATH = ("data", "classifier", "perceptual_net", "generator", "latents", "cla
 
 
 def dmr_path(project: Path) -> list[str]:
-    """The stages of ``DMR_PATH`` that the project's dvc.yaml has, in order; in older layouts eval also read the
-    post-hoc scores (for its combined row), so baselines ran before it."""
+    """The stages of ``DMR_PATH`` that the project's dvc.yaml has, in order."""
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
-    path = [stage for stage in DMR_PATH if stage in stages]
-    if "data/posthoc_scores.zarr" in stages["eval"]["deps"]:
-        path.insert(path.index("eval"), "baselines")
-    return path
+    return [stage for stage in DMR_PATH if stage in stages]
 
 
 def copy_project(dest: Path, ref: str | None = None) -> None:

@@ -98,6 +98,14 @@ def make_tiny_project(dest: Path, overrides: dict | None = None) -> Path:
     return dest
 
 
+def copy_project(project: Path, dest: Path) -> Path:
+    """A copy of a DVC project (its git history, DVC cache and outputs) that DVC can work in on its own, without
+    the source's DVC scratch state (locks, experiment temporaries)."""
+    shutil.copytree(project, dest, symlinks=True,
+                    ignore=lambda folder, names: ["tmp"] if Path(folder).name == ".dvc" else [])
+    return dest
+
+
 def stages_run(output: str) -> list[str]:
     """Names of the stages DVC actually executed, from `dvc repro` / `dvc exp run` output."""
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]

@@ -5,14 +5,13 @@ training curves as DVC plots."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from helpers import needs_data, run, stages_run
+from helpers import copy_project, needs_data, run, stages_run
 
 pytestmark = [needs_data, pytest.mark.e2e]
 
@@ -27,9 +26,7 @@ def committed(tiny_project: Path, tmp_path_factory) -> Path:
     """The tiny project with its trained results committed, as a team's repository is after `dvc repro`; a copy,
     so that the remotes and experiments added here leave the session's project alone."""
     origin = tmp_path_factory.mktemp("origin") / "project"
-    shutil.copytree(tiny_project, origin, symlinks=True,
-                    ignore=lambda folder, names: [n for n in names if n == ".first_run_metrics"
-                                                  or (Path(folder).name == ".dvc" and n == "tmp")])
+    copy_project(tiny_project, origin)
     run(["git", "add", "-A"], origin)
     run(["git", "commit", "-qm", "trained"], origin)
     assert UP_TO_DATE in run(["dvc", "status"], origin).stdout
@@ -151,7 +148,7 @@ def test_sharded_stages_under_two_processes_leave_dvc_nothing_to_do(committed, t
     """Moving the inference stages to 2 processes (DMR_NPROC, not a DVC param) rewrites their outputs to the same
     bytes: forced re-runs of latents and ood_synth under torchrun leave dvc.lock as it was and `dvc status` clean."""
     project = tmp_path / "project"
-    shutil.copytree(committed, project, symlinks=True)
+    copy_project(committed, project)
     lock = (project / "dvc.lock").read_text()
     for stage in ("latents", "ood_synth"):
         result = run(["env", "DMR_NPROC=2", "DMR_DEVICE=cpu", "dvc", "repro", "-f", "-s", stage], project)

@@ -87,7 +87,6 @@ OOD_SUITES = {
     "offline": ("textures_partial", "icons", "scenes_crop", "tinyimagenet_part", "gaussian", "gaussian_raw"),
     "paper": ("svhn", "textures", "lsun_crop", "tinyimagenet_crop", "places365", "gaussian", "cifar100"),
 }
-OTHER_CIFAR = {"cifar10": "cifar100", "cifar100": "cifar10"}
 RELATIVE_PATH_RULE = (
     "a relative path is taken from the project folder the stage runs in; `dvc exp run --temp` and queued "
     "experiments run in a copy elsewhere, so give an absolute path there"

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..evaluation.metrics import evaluate_scores
 
 
 @dataclass(frozen=True)
@@ -82,12 +81,3 @@ def reference_rows(num_train: int, size: int, seed: int) -> np.ndarray:
     """The ID-training rows whose scores set each score's scale: a seeded subset of ``size`` rows (all of them
     when the set is smaller), ascending."""
     return np.sort(np.random.default_rng(seed).permutation(num_train)[:min(size, num_train)])
-
-
-def combined_metrics(dmr_id: np.ndarray, dmr_ood: dict[str, np.ndarray], dmr_reference: np.ndarray,
-                     posthoc_id: np.ndarray, posthoc_ood: dict[str, np.ndarray],
-                     posthoc_reference: np.ndarray) -> dict[str, dict[str, float]]:
-    """OOD metrics of the combined score per OOD set and their mean (``evaluate_scores``)."""
-    return evaluate_scores(combined_scores(dmr_id, posthoc_id, dmr_reference, posthoc_reference),
-                           {name: combined_scores(scores, posthoc_ood[name], dmr_reference, posthoc_reference)
-                            for name, scores in dmr_ood.items()})

@@ -29,7 +29,6 @@ from torch import Tensor, nn
 from ..errors import CheckpointError
 
 ENTRY_POINT = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
-PARTS = ("decoder", "mapping", "encoder", "z_dim", "modules")
 
 
 def resolve_entry_point(spec: str) -> Callable[..., Any]:
