@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
-
 @dataclass(frozen=True)
 class Standardisation:
     """``(s − mean) / std`` with the mean and standard deviation of one detector's ID-train reference scores:
