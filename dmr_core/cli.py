@@ -233,7 +233,7 @@ def summary(metrics_dir: Path = typer.Option(Path("metrics"))) -> None:
                                                   for s in sets))
 
 
-def _trained_detector(with_combined: bool, batch_size: int):
+def _trained_detector(with_combined: bool, batch_size: int, keep: float = 0.95, decision: str = "auto"):
     """The run's detector, its artifacts found through dvc.yaml's stage commands; one line if there is none."""
     from .errors import CheckpointError, DataError
     from .serving.detector import TrainedDetector
@@ -241,23 +241,34 @@ def _trained_detector(with_combined: bool, batch_size: int):
 
     try:
         return TrainedDetector.load(run_artifacts(pipeline_commands()), with_combined=with_combined,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, keep=keep, decision=decision)
     except (DataError, CheckpointError) as err:
         _fail(str(err))
+
+
+# a batch is held in memory as images and as the classifier's activations (about 40 KB per 32-px image)
+MAX_BATCH = 100_000
+KEEP_HELP = "the share of ID test images kept, one of the run's eval.keep_rates (its threshold decides)"
+DETECTOR_HELP = ("which detector decides is_ood: dmr, combined, or auto (the one with the higher near-OOD mean "
+                 "AUROC in the run)")
 
 
 @app.command()
 def score(
     inputs: list[Path] = typer.Argument(..., help="image files, folders (searched recursively) and tar archives"),
     out: Path | None = typer.Option(None, "--out", help="write the rows to a .csv or .json file (else a table)"),
-    batch_size: int = typer.Option(500, "--batch-size", min=1, help="images per forward pass (as stage features)"),
+    batch_size: int = typer.Option(500, "--batch-size", min=1, max=MAX_BATCH,
+                                   help="images per forward pass (as stage features)"),
     model: Path | None = typer.Option(None, "--model", help="a file from `dmr export` instead of the run"),
     combined: bool = typer.Option(True, "--combined/--no-combined",
                                   help="also the run's combined score (DMR + its post-hoc detector)"),
+    detector: str = typer.Option("auto", "--detector", help=DETECTOR_HELP),
+    keep: float = typer.Option(0.95, "--keep", min=0.0, max=1.0, help=KEEP_HELP),
 ) -> None:
-    """Score images with the trained detector: per image its predicted class, confidence, DMR score and OOD
-    decision (OOD when the score > the run's threshold, which keeps 95 % of ID test images); also the combined
-    score when the run has one. Unreadable files are reported and counted, not fatal."""
+    """Score images with the trained detector: per image its predicted class, confidence, the DMR score and, when
+    the run has one, the combined score, each with its OOD decision (OOD when the score > the threshold keeping
+    --keep of ID test images), and is_ood, the decision of --detector. Unreadable files are reported and counted,
+    not fatal."""
     from .runtime.os_faults import os_fault_message
 
     from .errors import CheckpointError, DataError
@@ -269,11 +280,16 @@ def score(
         if out is not None:
             check_output(out)
         items = list_items(inputs)
-        detector = (ExportedDetector.load(model, batch_size) if model is not None
-                    else _trained_detector(combined, batch_size))
+        if model is not None:
+            if detector != "auto" or keep != 0.95:
+                raise DataError("--detector and --keep are fixed in an exported file (`dmr export --detector "
+                                "--keep`); drop them with --model")
+            scorer = ExportedDetector.load(model, batch_size)
+        else:
+            scorer = _trained_detector(combined, batch_size, keep, detector)
     except (DataError, CheckpointError) as err:
         _fail(str(err))
-    report = score_items(detector, items, batch_size,
+    report = score_items(scorer, items, batch_size,
                          on_unreadable=lambda name, why: typer.echo(f"unreadable: {name}: {why}", err=True))
     if out is None:
         typer.echo(format_table(report))
@@ -287,22 +303,45 @@ def score(
 
 
 @app.command("export")
-def export_model(out: Path = typer.Argument(..., help="the TorchScript file to write, e.g. model.pt")) -> None:
-    """Write the trained classifier, rejection head and threshold as one TorchScript file that plain
-    `torch.jit.load` reads: forward(uint8 N×32×32×3 or float N×3×32×32 in [0, 1]) → logits, predicted, confidence,
-    dmr_score, is_ood."""
+def export_model(
+    out: Path = typer.Argument(..., help="the file to write, e.g. detector.pt2, detector.onnx or detector.pt"),
+    fmt: str = typer.Option(None, "--format", help="pt2 (torch.export, the default), onnx or torchscript; "
+                                                   "default: by the file's suffix, else pt2"),
+    combined: bool = typer.Option(True, "--combined/--no-combined",
+                                  help="include the run's combined score (DMR + its post-hoc detector)"),
+    detector: str = typer.Option("auto", "--detector", help=DETECTOR_HELP),
+    keep: float = typer.Option(0.95, "--keep", min=0.0, max=1.0, help=KEEP_HELP),
+) -> None:
+    """Write the trained classifier, rejection head, the combined score's parts and the thresholds as one file
+    that loads with nothing of this project: forward(uint8 N×32×32×3) → logits, predicted, confidence, dmr_score,
+    dmr_is_ood, combined_score, combined_is_ood, is_ood."""
     from .runtime.os_faults import os_fault_message
 
-    from .serving.export import INPUT_CONTRACT, export_detector
+    from .errors import DataError
+    from .serving.export import FORMATS, INPUT_CONTRACT, SUFFIXES, export_detector
 
-    detector = _trained_detector(with_combined=False, batch_size=500)
+    by_suffix = {suffix: name for name, suffix in SUFFIXES.items()}
+    chosen = fmt or by_suffix.get(out.suffix.lower(), "pt2")
+    if chosen not in FORMATS:
+        _fail(f"unknown --format {chosen!r}; choose from {', '.join(FORMATS)}", 2)
+    if out.suffix.lower() in by_suffix and by_suffix[out.suffix.lower()] != chosen:
+        _fail(f"{out} names a {by_suffix[out.suffix.lower()]} file but --format is {chosen}; name it "
+              f"{out.with_suffix(SUFFIXES[chosen])}", 2)
+    trained = _trained_detector(combined, 500, keep, detector)
     try:
-        meta = export_detector(out, detector.classifier, detector.head, detector.feature, detector.threshold,
-                               detector.class_names)
+        graph = trained.export_graph()
+        meta = export_detector(out, graph, list(trained.class_names or
+                                                [str(i) for i in range(trained.classifier.classifier_head()
+                                                                       .out_features)]),
+                               chosen, trained.thresholds, trained.describe()["keep"])
+    except DataError as err:
+        _fail(str(err))
     except OSError as err:
         _fail(os_fault_message(err) or f"cannot write {out}: {err}")
-    typer.echo(f"wrote {out}: {meta['feature']} head, threshold {meta['threshold']:.6g} (OOD when dmr_score > "
-               f"threshold); input {INPUT_CONTRACT}")
+    decided = (f"{meta['combined']['method']} (> {meta['combined']['threshold']:.6g})"
+               if meta["decision"] == "combined" else f"the DMR score (> {meta['threshold']:.6g})")
+    typer.echo(f"wrote {out} ({chosen}, {out.stat().st_size / 1e6:.1f} MB): is_ood by {decided}, keeping "
+               f"{meta['keep']} of ID images [{trained.decision_reason}]; input {INPUT_CONTRACT}")
 
 
 if __name__ == "__main__":

@@ -342,6 +342,8 @@ class SynthBaselinesParams(_Section):
 class EvalParams(_Section):
     histogram_bins: int = Field(ge=2)
     roc_points: int = Field(ge=2)
+    # the shares of ID test images kept at which thresholds are stored (0.95, the default decision, always is)
+    keep_rates: list[Annotated[float, Field(gt=0, le=1)]] = Field(min_length=1)
 
 
 class FiguresParams(_Section):

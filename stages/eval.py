@@ -1,6 +1,6 @@
 """Stage eval: DMR's OOD metrics on ID test vs every OOD test set, its per-image scores, ROC and histogram plots,
 and the score threshold that new images are judged by (``dmr_core.detectors.threshold``: OOD when score > threshold,
-95 % of ID test images kept)."""
+95 % of ID test images kept), with the thresholds at the other shares kept (``eval.keep_rates``) and what passes each."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pandas as pd
 from dmr_core.data.artifacts import atomic_output, save_zarr, write_json
 from dmr_core.data.encoding import is_as_stored
 from dmr_core.detectors.dmr import evaluate_head
-from dmr_core.detectors.threshold import ood_threshold, threshold_attrs
+from dmr_core.detectors.threshold import ood_threshold, operating_points, threshold_attrs, thresholds_of
 from dmr_core.evaluation.metrics import roc_points
+from dmr_core.evaluation.summary import summary_aurocs
 from dmr_core.nets.rejection_head import load_head
 from dmr_core.params import Params
 from dmr_core.plotting import save_roc_plot, save_score_histograms
@@ -26,9 +27,14 @@ def main(params: Params, head: Path, features: Path, scores: Path, metrics: Path
     group = open_features(features)
     result = evaluate_head(rejection_head, group["id_test"][feature], ood_features(group, feature))
     threshold = threshold_attrs(ood_threshold(result.id_scores))
+    points = operating_points(result.id_scores, {name: values for name, values in result.ood_scores.items()
+                                                 if not is_as_stored(name)}, params.eval.keep_rates)
     save_zarr(scores, {"id_test": result.id_scores, "ood": result.ood_scores},
-              attrs={"ood_sets": list(result.ood_scores), "feature": feature, **threshold})
-    write_json(metrics, {"method": "DMR (rejection head)", "feature": feature, **threshold, **result.metrics})
+              attrs={"ood_sets": list(result.ood_scores), "feature": feature, **threshold,
+                     "thresholds": thresholds_of(points),
+                      "summary": summary_aurocs(result.metrics)})
+    write_json(metrics, {"method": "DMR (rejection head)", "feature": feature, **threshold, **result.metrics,
+                         "operating_points": points})
     for name, m in result.metrics.items():
         print(f"{name:>18}: AUROC {m['AUROC']:6.2f}  AUPR-OUT {m['AUPR-OUT']:6.2f}  FPR95 {m['FPR95TPR']:6.2f}")
     print(f"threshold {threshold['threshold']:.4f}: {threshold['threshold_rule']}")

@@ -26,7 +26,10 @@ def test_full_pipeline_produces_metrics_and_plots(tiny_project):
     assert list(scores.attrs["ood_sets"]) == sets + stored
     summaries = ["near_mean", "far_mean", "near_far_mean", "mean"]
     assert [k for k, v in metrics.items() if isinstance(v, dict)] == (
-        sets + stored + summaries + [k + ".as_stored" for k in summaries])
+        sets + stored + summaries + [k + ".as_stored" for k in summaries] + ["operating_points"])
+    points = metrics["operating_points"]
+    assert list(points) == ["0.9", "0.95", "0.99"] and points["0.95"]["threshold"] == metrics["threshold"]
+    assert list(points["0.95"]["passed"]) == sets  # the encoding-matched sets, what a deployed gate meets
     for name in sets + stored:
         assert metrics[name] == ood_metrics(scores["id_test"][:], scores["ood"][name][:]), name
     far = [s for s in sets if s != "tinyimagenet_part"]

@@ -13,6 +13,8 @@ from dmr_core.detectors.posthoc import (
     fit_detectors,
     score_set,
     score_sets,
+    servable_names,
+    served_detector,
 )
 from dmr_core.images import to_float_images
 from dmr_core.nets.classifier import build_classifier
@@ -78,3 +80,22 @@ def test_score_sets_reads_each_set_once_and_images_only_when_needed():
 
 def test_row_selection_reads_the_chosen_rows():
     np.testing.assert_array_equal(RowSelection(np.arange(10) * 2, np.array([7, 2]))[:], [14, 4])
+
+
+def test_servable_detectors_rebuilt_from_stored_state_score_as_pytorch_ood_fitted_them():
+    """What stage combine stores and serving rebuilds (KNN's reference vectors; nothing for the logit scores) gives
+    pytorch-ood's own scores: KNN within 1e-5 in distance (a matrix product instead of scikit-learn's search)."""
+    torch.manual_seed(1)
+    model = build_classifier("resnet20").eval()
+    rng = np.random.default_rng(1)
+    train = extract_features(model, rng.integers(0, 256, size=(120, 32, 32, 3), dtype=np.uint8))
+    test = extract_features(model, rng.integers(0, 256, size=(30, 32, 32, 3), dtype=np.uint8))
+    settings = PosthocSettings(knn_k=7)
+    assert set(servable_names()) >= {"KNN", "MSP", "Energy"}
+    for name in servable_names():
+        (fitted,) = fit_detectors(model, train, np.arange(120) % 10, settings, (name,))
+        spec = DETECTORS[name]
+        state = spec.servable.state({spec.representation: train[spec.representation]}, settings)
+        served = served_detector(name, state, settings)
+        np.testing.assert_allclose(score_set(served, test, None), score_set(fitted, test, None), rtol=1e-6,
+                                   atol=1e-5, err_msg=name)

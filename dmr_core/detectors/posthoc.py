@@ -4,7 +4,9 @@ Each detector scores one stored representation (logits, penultimate vector, or t
 ODIN, which perturbs its input along the loss gradient, scores images. Detectors that need fitting
 fit on the ID **training** split only (the authors' notebooks fit on the test split; we do not).
 ``DETECTORS`` is the one table of them: adding a detector means adding an entry; params validation and the
-report read the names from it.
+report read the names from it. An entry with a ``Servable`` form can be part of a served and exported combined
+score: stage combine stores the arrays it keeps, and the torch module built from them scores new images without
+refitting (KNN's index becomes ``knn.KNNScore``; the logit scores are pytorch-ood's own functions).
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from ..device import place_images, place_model, resolve_device
 from ..images import to_float_images
 from ..nets.classifier_base import Classifier
+from .knn import KNNScore, unit_rows
 
 
 def _ood():
@@ -48,11 +51,13 @@ class PosthocSettings:
 
 @dataclass
 class FittedDetector:
-    """A detector and the representation it reads: logits, penultimate, feature_map or images."""
+    """A detector and the representation it reads: logits, penultimate, feature_map or images; ``module`` is its
+    torch module when it was rebuilt from stored state (``served_detector``)."""
 
     name: str
     representation: str
     score: Callable[[Tensor], Tensor]
+    module: nn.Module | None = None
 
 
 @dataclass(frozen=True)
@@ -82,11 +87,45 @@ class FitContext:
         return self.model.logits_from_feature_map(feature_maps)
 
 
+State = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Servable:
+    """A detector's form for serving and export: ``state`` the arrays its fit keeps (from the ID-train
+    representations), ``module`` the torch module that scores its representation from them."""
+
+    state: Callable[[dict[str, np.ndarray], PosthocSettings], State]
+    module: Callable[[State, PosthocSettings], nn.Module]
+
+
+class LogitScore(nn.Module):
+    """A stateless pytorch-ood score of the logits (``score(logits) → N``) as a module."""
+
+    def __init__(self, score: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.score = score
+
+    def forward(self, logits: Tensor) -> Tensor:
+        return self.score(logits.float())
+
+
+def _logit_score(name: str) -> Servable:
+    return Servable(lambda train, settings: {},
+                    lambda state, settings: LogitScore(getattr(_ood(), name).score))
+
+
+KNN_SERVABLE = Servable(
+    lambda train, settings: {"reference": unit_rows(train["penultimate"]).numpy()},
+    lambda state, settings: KNNScore(torch.from_numpy(np.asarray(state["reference"])), settings.knn_k))
+
+
 @dataclass(frozen=True)
 class DetectorSpec:
     representation: str
     build: Callable[[FitContext], Callable[[Tensor], Tensor]]
     in_paper_table1: bool = False
+    servable: Servable | None = None
 
 
 def _odin(ctx: FitContext) -> Callable[[Tensor], Tensor]:
@@ -114,14 +153,17 @@ def _react(ctx: FitContext) -> Callable[[Tensor], Tensor]:
 
 
 DETECTORS: dict[str, DetectorSpec] = {
-    "MSP": DetectorSpec("logits", lambda ctx: _ood().MaxSoftmax(None).predict_logits, True),
+    "MSP": DetectorSpec("logits", lambda ctx: _ood().MaxSoftmax(None).predict_logits, True,
+                        _logit_score("MaxSoftmax")),
     "ODIN": DetectorSpec("images", _odin, True),
     "Mahalanobis": DetectorSpec(
         "penultimate", lambda ctx: _ood().Mahalanobis(None).fit_features(ctx.tensor("penultimate"), ctx.labels)
         .predict_features, True),
-    "Energy": DetectorSpec("logits", lambda ctx: _ood().EnergyBased(None).predict_logits, True),
-    "Entropy": DetectorSpec("logits", lambda ctx: _ood().Entropy(None).predict_logits, True),
-    "MaxLogit": DetectorSpec("logits", lambda ctx: _ood().MaxLogit(None).predict_logits, True),
+    "Energy": DetectorSpec("logits", lambda ctx: _ood().EnergyBased(None).predict_logits, True,
+                           _logit_score("EnergyBased")),
+    "Entropy": DetectorSpec("logits", lambda ctx: _ood().Entropy(None).predict_logits, True, _logit_score("Entropy")),
+    "MaxLogit": DetectorSpec("logits", lambda ctx: _ood().MaxLogit(None).predict_logits, True,
+                             _logit_score("MaxLogit")),
     "KL-Matching": DetectorSpec(
         "logits", lambda ctx: _ood().KLMatching(None).fit_logits(ctx.tensor("logits"), ctx.labels).predict_logits,
         True),
@@ -130,7 +172,7 @@ DETECTORS: dict[str, DetectorSpec] = {
         .fit_features(ctx.tensor("penultimate"), ctx.labels).predict_features, True),
     "KNN": DetectorSpec(
         "penultimate", lambda ctx: _ood().KNN(None, k=ctx.settings.knn_k)
-        .fit_features(ctx.tensor("penultimate"), ctx.labels).predict_features),
+        .fit_features(ctx.tensor("penultimate"), ctx.labels).predict_features, servable=KNN_SERVABLE),
     "ReAct": DetectorSpec("feature_map", _react),
     "DICE": DetectorSpec(
         "penultimate", lambda ctx: _ood().DICE(None, w=ctx.weight, b=ctx.bias, p=ctx.settings.dice_p)
@@ -154,6 +196,22 @@ def fit_detectors(
     ctx = FitContext(model, train, torch.from_numpy(train_labels.astype(np.int64)), settings,
                      device or resolve_device())
     return [FittedDetector(name, DETECTORS[name].representation, DETECTORS[name].build(ctx)) for name in names]
+
+
+def servable_names() -> list[str]:
+    """The detectors whose combined score can be served from stored state and exported."""
+    return [name for name, spec in DETECTORS.items() if spec.servable is not None]
+
+
+def served_detector(name: str, state: State, settings: PosthocSettings) -> FittedDetector:
+    """A detector rebuilt from the state stage combine stored (no refit), behind ``FittedDetector``'s interface."""
+    module = DETECTORS[name].servable.module(state, settings).eval()
+
+    def score(values: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return module(values)
+
+    return FittedDetector(name, DETECTORS[name].representation, score, module)
 
 
 def score_set(

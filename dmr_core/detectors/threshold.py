@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 ID_KEPT = 0.95
+# the operating points stored with a run (param eval.keep_rates): a deployer trades ID images kept against OOD caught
+KEEP_RATES = (0.90, 0.95, 0.99)
 THRESHOLD_RULE = ("OOD when score > threshold; threshold = the smallest ID-test score with at least 95% of the "
                   "ID-test scores at or below it (95th percentile, inverted CDF)")
 
@@ -41,3 +43,29 @@ def is_ood(scores: np.ndarray, threshold: float) -> np.ndarray:
 def threshold_attrs(threshold: float) -> dict:
     """What an artifact stores about its threshold, so a reader needs nothing else to apply it."""
     return {"threshold": threshold, "threshold_rule": THRESHOLD_RULE, "id_kept": ID_KEPT}
+
+
+def keep_key(kept: float) -> str:
+    """The key an operating point is stored under: the share of ID images kept, e.g. ``"0.95"``."""
+    return f"{kept:.4g}"
+
+
+def operating_points(id_scores: np.ndarray, ood_scores: dict[str, np.ndarray],
+                     keep_rates: tuple[float, ...] | list[float] = KEEP_RATES) -> dict[str, dict]:
+    """Per share of ID test images kept: its threshold, the share of ID test images actually kept (ties can keep
+    more) and, per OOD set, the share of its images that pass as ID (``score <= threshold``: what gets through the
+    gate; at 0.95 this is FPR@95TPR with ID as the positive class)."""
+    points = {}
+    for kept in sorted({*keep_rates, ID_KEPT}):
+        threshold = ood_threshold(id_scores, kept)
+        points[keep_key(kept)] = {
+            "threshold": threshold,
+            "id_kept": round(float(np.mean(~is_ood(id_scores, threshold))), 5),
+            "passed": {name: round(float(np.mean(~is_ood(scores, threshold))), 5)
+                       for name, scores in ood_scores.items()}}
+    return points
+
+
+def thresholds_of(points: dict[str, dict]) -> dict[str, float]:
+    """{keep key: threshold} of :func:`operating_points`' result: what a reader of the run needs to apply each."""
+    return {key: float(point["threshold"]) for key, point in points.items()}

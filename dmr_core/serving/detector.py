@@ -1,11 +1,15 @@
 """The detector a run trains, as one object that scores new images: the frozen classifier F, the rejection head B
-and the threshold of stage eval, and, when the run has one, the combined score of stage combine.
+and the thresholds of stage eval, and, when the run has one, the combined score of stage combine.
 
 Scores are computed as the pipeline computes them: F's representations through ``extract_features`` (the features
-stage's code path), B through ``DMRDetector``, the combined score's post-hoc detector fitted by the library's
-``fit_detectors`` on the ID-train representations of ``data/features.zarr`` (as stage baselines fits it; KNN's
-fit is an index of 50,000 64-d vectors, about a second, so it is refitted when the detector is loaded instead of
-being stored) and both scores standardised with the statistics stage combine stored.
+stage's code path), B through ``DMRDetector``, the combined score's post-hoc detector rebuilt from the state stage
+combine stored (for KNN its unit-normalised ID-train reference vectors; nothing is refitted) or, for a detector
+without a servable form, fitted by the library's ``fit_detectors`` on the ID-train representations as stage
+baselines fits it; both scores standardised with the statistics stage combine stored.
+
+The decision (``is_ood``) is one detector's at one operating point: ``keep``, the share of ID test images kept (a
+threshold stage eval and stage combine stored, ``eval.keep_rates``), and ``decision``, ``dmr`` or ``combined``
+(``auto``: the one with the higher near-OOD mean AUROC in the run, else the higher mean).
 """
 
 from __future__ import annotations
@@ -17,11 +21,15 @@ import numpy as np
 import torch
 
 from ..data.artifacts import open_zarr
+from ..data.encoding import is_as_stored
 from ..detectors.combine import CombinedScore
 from ..detectors.dmr import DMRDetector
-from ..detectors.posthoc import FittedDetector, PosthocSettings, fit_detectors, score_set
-from ..detectors.threshold import THRESHOLD_RULE, is_ood
+from ..detectors.posthoc import (DETECTORS, FittedDetector, PosthocSettings, fit_detectors, score_set,
+                                 served_detector)
+from ..detectors.threshold import ID_KEPT, THRESHOLD_RULE, is_ood, keep_key
 from ..errors import CheckpointError, DataError
+from ..evaluation.metrics import evaluate_scores
+from ..evaluation.summary import summary_aurocs
 from ..nets.checkpoints import load_checkpoint
 from ..nets.classifier import CifarClassifier, load_classifier
 from ..nets.encoder import RepresentationEncoder, representation_encoder
@@ -30,6 +38,7 @@ from ..nets.rejection_head import RejectionHead, load_head
 from .run import RunArtifacts
 
 RUN_FIRST = "run `dvc repro` first to train the detector"
+DECISIONS = ("auto", "dmr", "combined")
 
 
 class NoTrainedRun(DataError):
@@ -38,12 +47,16 @@ class NoTrainedRun(DataError):
 
 @dataclass
 class CombinedPart:
-    """The combined score of a run: its post-hoc detector (fitted), the two standardisations and its threshold."""
+    """The combined score of a run: its post-hoc detector, the two standardisations, its thresholds per share of ID
+    images kept, its summary AUROCs, and whether the detector was rebuilt from stored state (else refitted)."""
 
     method: str
     detector: FittedDetector
     combine: CombinedScore
-    threshold: float
+    thresholds: dict[str, float]
+    summary: dict[str, float]
+    stored: bool
+    settings: PosthocSettings
 
 
 def class_names(classifier_path: Path, train_set: Path | None) -> list[str] | None:
@@ -59,84 +72,170 @@ def class_names(classifier_path: Path, train_set: Path | None) -> list[str] | No
     return None
 
 
-def _threshold(path: Path, what: str) -> tuple[float, dict]:
+def _scores_attrs(path: Path, what: str) -> tuple[dict[str, float], dict]:
+    """({keep key: threshold}, attrs) of a scores artifact; thresholds written before operating points were
+    stored give the 95 % one only."""
     if not (path / "zarr.json").is_file():
         raise NoTrainedRun(f"no trained run here: {path} ({what}) is missing; {RUN_FIRST}")
     attrs = dict(open_zarr(path, what).attrs)
     if "threshold" not in attrs:
         raise NoTrainedRun(f"{path} holds no threshold (written before thresholds were stored); run `dvc repro` "
                            f"to rebuild it")
-    return float(attrs["threshold"]), attrs
+    thresholds = {str(k): float(v) for k, v in (attrs.get("thresholds") or {}).items()}
+    return thresholds or {keep_key(ID_KEPT): float(attrs["threshold"])}, attrs
 
 
-def fit_combined(classifier: CifarClassifier, artifacts: RunArtifacts,
-                 device: torch.device | None = None) -> CombinedPart | None:
-    """The run's combined score, its detector fitted on the ID-train representations; None when the run has none."""
-    if artifacts.combined is None or artifacts.features is None or not (artifacts.combined / "zarr.json").is_file():
+def load_combined(classifier: CifarClassifier, artifacts: RunArtifacts,
+                  device: torch.device | None = None) -> CombinedPart | None:
+    """The run's combined score; None when the run has none."""
+    if artifacts.combined is None or not (artifacts.combined / "zarr.json").is_file():
         return None
-    threshold, attrs = _threshold(artifacts.combined, "the combined score (stage combine)")
+    thresholds, attrs = _scores_attrs(artifacts.combined, "the combined score (stage combine)")
     if not attrs.get("method"):
         return None
-    representation = attrs["representation"]
-    train = open_zarr(artifacts.features, "the classifier features (stage features)")["id_train"]
-    fit_on = {} if representation == "images" else {representation: np.asarray(train[representation][:])}
-    (detector,) = fit_detectors(classifier, fit_on, np.asarray(train["labels"][:]),
-                                PosthocSettings(**attrs["settings"]), (attrs["detector"],), device)
-    return CombinedPart(attrs["method"], detector, CombinedScore.from_attrs(attrs), threshold)
+    group = open_zarr(artifacts.combined, "the combined score (stage combine)")
+    name, representation = attrs["detector"], attrs["representation"]
+    settings = PosthocSettings(**attrs["settings"])
+    if name not in DETECTORS:
+        raise NoTrainedRun(f"{artifacts.combined} names detector {name!r}, which this version does not have; run "
+                           f"`dvc repro` to rebuild it")
+    stored = bool(attrs.get("servable")) and "detector_state" in group and DETECTORS[name].servable is not None
+    if stored:
+        state_group = group["detector_state"]
+        state = {key: np.asarray(state_group[key][:]) for key in state_group.array_keys()}
+        detector = served_detector(name, state, settings)
+    else:
+        if artifacts.features is None:
+            return None
+        train = open_zarr(artifacts.features, "the classifier features (stage features)")["id_train"]
+        fit_on = {} if representation == "images" else {representation: np.asarray(train[representation][:])}
+        (detector,) = fit_detectors(classifier, fit_on, np.asarray(train["labels"][:]), settings, (name,), device)
+    summary = _summary(group, attrs)
+    return CombinedPart(attrs["method"], detector, CombinedScore.from_attrs(attrs), thresholds, summary, stored,
+                        settings)
+
+
+def _summary(group, attrs: dict) -> dict[str, float]:
+    """The summary AUROCs a scores artifact's stage stored, else computed from its stored scores."""
+    if isinstance(attrs.get("summary"), dict):
+        return {str(k): float(v) for k, v in attrs["summary"].items()}
+    sets = [s for s in attrs["ood_sets"] if not is_as_stored(s)]
+    return summary_aurocs(evaluate_scores(np.asarray(group["id_test"][:]),
+                                          {s: np.asarray(group["ood"][s][:]) for s in sets}))
+
+
+def choose_decision(wanted: str, dmr_summary: dict[str, float], combined: CombinedPart | None) -> tuple[str, str]:
+    """(dmr | combined, why): ``auto`` takes the detector with the higher near-OOD mean AUROC in the run (the
+    mean over sets when the run has no near-OOD set)."""
+    if wanted not in DECISIONS:
+        raise DataError(f"unknown detector {wanted!r}; choose from {', '.join(DECISIONS)}")
+    if wanted == "combined" and combined is None:
+        raise NoTrainedRun("the run has no combined score (combine.detector: none, or --no-combined); use "
+                           "--detector dmr")
+    if wanted != "auto":
+        return wanted, "as asked"
+    if combined is None:
+        return "dmr", "the run has no combined score"
+    key = "near_mean" if "near_mean" in dmr_summary and "near_mean" in combined.summary else "mean"
+    pick = "combined" if combined.summary[key] > dmr_summary[key] else "dmr"
+    return pick, (f"higher {key.replace('_', '-')} AUROC in this run: {combined.method} "
+                  f"{combined.summary[key]:.2f}, DMR {dmr_summary[key]:.2f}")
+
+
+def _pick(thresholds: dict[str, float], keep: float, path: Path) -> float:
+    key = keep_key(keep)
+    if key not in thresholds:
+        raise DataError(f"the run stores no threshold keeping {keep:g} of ID images ({path}); choose --keep from "
+                        f"{', '.join(sorted(thresholds))}, or add it to eval.keep_rates and run `dvc repro`")
+    return thresholds[key]
 
 
 class TrainedDetector:
     """F + B (+ the combined score): ``score(images)`` gives per image the predicted class, its confidence, the
-    DMR score and the OOD decision at the run's threshold (and the same for the combined score)."""
+    DMR score and its decision, the combined score and its decision when the run has one, and ``is_ood``, the
+    decision of the chosen detector, all at the chosen share of ID images kept."""
 
     def __init__(self, classifier: CifarClassifier, head: RejectionHead, feature: str, threshold: float,
                  names: list[str] | None = None, combined: CombinedPart | None = None, batch_size: int = 500,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, keep: float = ID_KEPT, decision: str = "dmr",
+                 decision_reason: str = "as asked", thresholds: dict[str, float] | None = None) -> None:
         self.classifier, self.head, self.feature, self.threshold = classifier, head, feature, threshold
         self.class_names, self.combined = names, combined
         self.batch_size, self.device = batch_size, device
+        self.keep, self.decision, self.decision_reason = keep, decision, decision_reason
+        self.thresholds = thresholds or {keep_key(keep): threshold}
+        self.combined_threshold = (None if combined is None
+                                   else _pick(combined.thresholds, keep, Path("the combined score")))
         self.detector = DMRDetector(head, encoder=self.encoder())
 
     @classmethod
     def load(cls, artifacts: RunArtifacts, with_combined: bool = True, batch_size: int = 500,
-             device: torch.device | None = None) -> TrainedDetector:
+             device: torch.device | None = None, keep: float = ID_KEPT, decision: str = "auto") -> TrainedDetector:
         """The run's detector; a :class:`NoTrainedRun` in one line when an artifact it needs is missing."""
         for path, what in ((artifacts.classifier, "the classifier"), (artifacts.head, "the rejection head")):
             if not path.is_file():
                 raise NoTrainedRun(f"no trained run here: {path} ({what}) is missing; {RUN_FIRST}")
-        threshold, _ = _threshold(artifacts.dmr_scores, "DMR's scores (stage eval)")
+        thresholds, attrs = _scores_attrs(artifacts.dmr_scores, "DMR's scores (stage eval)")
+        threshold = _pick(thresholds, keep, artifacts.dmr_scores)
         try:
             classifier = load_classifier(artifacts.classifier)
             head, feature = load_head(artifacts.head)
         except CheckpointError as err:
             raise NoTrainedRun(str(err)) from None
-        combined = fit_combined(classifier, artifacts, device) if with_combined else None
+        combined = load_combined(classifier, artifacts, device) if with_combined else None
+        if combined is not None:
+            _pick(combined.thresholds, keep, artifacts.combined)
+        dmr_summary = (_summary(open_zarr(artifacts.dmr_scores, "DMR's scores (stage eval)"), attrs)
+                       if decision == "auto" and combined is not None else {})
+        chosen, why = choose_decision(decision, dmr_summary, combined)
         return cls(classifier, head, feature, threshold, class_names(artifacts.classifier, artifacts.train_set),
-                   combined, batch_size, device)
+                   combined, batch_size, device, keep, chosen, why, thresholds)
 
     def encoder(self) -> RepresentationEncoder:
         """images → the representation B reads, as the features stage computes it (``DMRDetector``'s encoder)."""
         return representation_encoder(self.classifier, self.feature, batch_size=self.batch_size, device=self.device)
 
     def describe(self) -> dict:
-        """What decides the outputs: the representation, thresholds, rule and class names."""
-        return {"source": "trained run", "feature": self.feature, "threshold": self.threshold,
+        """What decides the outputs: the representation, the share of ID images kept, thresholds, rule, decision
+        and class names."""
+        return {"source": "trained run", "feature": self.feature, "keep": keep_key(self.keep),
+                "threshold": self.threshold, "decision": self.decision, "decision_reason": self.decision_reason,
                 "threshold_rule": THRESHOLD_RULE, "class_names": self.class_names,
                 "combined": None if self.combined is None else
-                {"method": self.combined.method, "threshold": self.combined.threshold}}
+                {"method": self.combined.method, "threshold": self.combined_threshold}}
 
     def score(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Per image of a uint8 N×32×32×3 batch: ``predicted`` (class index), ``confidence`` (max softmax),
-        ``dmr_score``, ``is_ood`` and, with a combined score, ``combined_score`` and ``combined_is_ood``."""
+        ``dmr_score``, ``dmr_is_ood``, with a combined score ``combined_score`` and ``combined_is_ood``, and
+        ``is_ood`` (the chosen detector's decision)."""
         representations = extract_features(self.classifier, images, self.batch_size, desc="score",
                                            device=self.device)
         probabilities = torch.softmax(torch.from_numpy(representations["logits"]), dim=1)
         confidence, predicted = probabilities.max(dim=1)
         dmr = self.detector.scores(representations[self.feature])
         out = {"predicted": predicted.numpy(), "confidence": confidence.numpy(), "dmr_score": dmr,
-               "is_ood": is_ood(dmr, self.threshold)}
+               "dmr_is_ood": is_ood(dmr, self.threshold)}
         if self.combined is not None:
             posthoc = score_set(self.combined.detector, representations, images, self.batch_size)
             combined = self.combined.combine(dmr, posthoc)
-            out.update(combined_score=combined, combined_is_ood=is_ood(combined, self.combined.threshold))
+            out.update(combined_score=combined, combined_is_ood=is_ood(combined, self.combined_threshold))
+        out["is_ood"] = out["combined_is_ood" if self.decision == "combined" else "dmr_is_ood"]
         return out
+
+    def export_graph(self):
+        """This detector (its decision, its share of ID images kept) as the graph ``dmr export`` writes."""
+        from .export import CombinedExport, build_graph
+
+        combined = None
+        if self.combined is not None:
+            name = self.combined.detector.name
+            spec = DETECTORS[name]
+            if spec.servable is None or not self.combined.stored:
+                raise DataError(f"the combined score's detector {name} has no exportable form (the exportable ones: "
+                                f"{', '.join(n for n, d in DETECTORS.items() if d.servable)}); export the head alone "
+                                f"with --no-combined, or set combine.detector to one of them and run `dvc repro`")
+            c = self.combined.combine
+            combined = CombinedExport(self.combined.method, spec.representation, self.combined.detector.module,
+                                      (c.dmr.mean, c.dmr.std), (c.posthoc.mean, c.posthoc.std),
+                                      self.combined_threshold)
+        return build_graph(self.classifier, self.head, self.feature, self.threshold, combined, self.decision)

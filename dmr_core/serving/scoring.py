@@ -1,9 +1,10 @@
 """Scoring new images in batches with a trained (or exported) detector, and writing the per-image results.
 
 One row per item: ``path`` (``archive.tar:member`` for tar members), ``predicted_class`` (the class name, or its
-index when the run has no names), ``confidence`` (max softmax), ``dmr_score``, ``is_ood`` (at the run's
-threshold), ``combined_score`` and ``combined_is_ood`` when the run has a combined score, and ``error``: why an
-item could not be read (then every other field is empty). A file that is not an image is a row with an error, not
+index when the run has no names), ``confidence`` (max softmax), ``is_ood`` (the decision of the chosen detector at
+the chosen share of ID images kept), ``dmr_score`` and ``dmr_is_ood``, ``combined_score`` and ``combined_is_ood``
+when the detector has a combined score, and ``error``: why an item could not be read (then every other field is
+empty). The summary counts per folder (or archive) too. A file that is not an image is a row with an error, not
 a failure: one bad file does not stop a folder.
 """
 
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from ..data.artifacts import atomic_output, write_json
 from ..errors import DataError
-from .inputs import Item, read_items
+from .inputs import TAR_SUFFIXES, Item, read_items
 
 OUTPUT_FORMATS = (".csv", ".json")
 
@@ -44,7 +45,7 @@ class ScoreReport:
 
     def columns(self) -> list[str]:
         combined = ["combined_score", "combined_is_ood"] if self.model.get("combined") else []
-        return ["path", "predicted_class", "confidence", "dmr_score", "is_ood", *combined, "error"]
+        return ["path", "predicted_class", "confidence", "is_ood", "dmr_score", "dmr_is_ood", *combined, "error"]
 
     @property
     def scored(self) -> int:
@@ -54,26 +55,59 @@ class ScoreReport:
     def unreadable(self) -> int:
         return len(self.rows) - self.scored
 
+    def _count(self, column: str) -> int:
+        return sum(bool(row[column]) for row in self.rows if row["error"] is None)
+
     @property
     def ood(self) -> int:
-        return sum(bool(row["is_ood"]) for row in self.rows if row["error"] is None)
+        return self._count("is_ood")
 
     @property
     def combined_ood(self) -> int | None:
-        if not self.model.get("combined"):
-            return None
-        return sum(bool(row["combined_is_ood"]) for row in self.rows if row["error"] is None)
+        return self._count("combined_is_ood") if self.model.get("combined") else None
+
+    def folders(self) -> dict[str, dict[str, int]]:
+        """{folder or archive: its scored, OOD and unreadable counts}, in the order first met."""
+        counts: dict[str, dict[str, int]] = {}
+        for row in self.rows:
+            folder = folder_of(row["path"])
+            entry = counts.setdefault(folder, {"scored": 0, "ood": 0, "unreadable": 0})
+            if row["error"] is not None:
+                entry["unreadable"] += 1
+            else:
+                entry["scored"] += 1
+                entry["ood"] += bool(row["is_ood"])
+        return counts
 
     def summary(self) -> dict:
-        return {"scored": self.scored, "ood": self.ood, "combined_ood": self.combined_ood,
-                "unreadable": self.unreadable}
+        return {"scored": self.scored, "ood": self.ood, "dmr_ood": self._count("dmr_is_ood"),
+                "combined_ood": self.combined_ood, "unreadable": self.unreadable, "folders": self.folders()}
+
+    def decided_by(self) -> str:
+        model = self.model
+        if model.get("decision") == "combined":
+            return f"{model['combined']['method']} (> {model['combined']['threshold']:.4g})"
+        return f"the DMR score (> {model['threshold']:.4g})"
 
     def summary_line(self) -> str:
-        line = (f"scored {self.scored} image(s): {self.ood} OOD (DMR score > {self.model['threshold']:.4g})")
-        if self.combined_ood is not None:
-            combined = self.model["combined"]
-            line += f", {self.combined_ood} OOD by {combined['method']} (> {combined['threshold']:.4g})"
+        keep = self.model.get("keep", "0.95")
+        line = f"scored {self.scored} image(s): {self.ood} OOD by {self.decided_by()}, keeping {keep} of ID images"
+        if self.model.get("decision_reason"):
+            line += f" [{self.model['decision_reason']}]"
+        if self.model.get("decision") == "combined":
+            line += f"; DMR alone: {self._count('dmr_is_ood')}"
+        elif self.combined_ood is not None:
+            line += f"; {self.model['combined']['method']}: {self.combined_ood}"
         return line + f"; {self.unreadable} unreadable"
+
+
+def folder_of(name: str) -> str:
+    """The folder (or ``archive.tar``) an item's reported name lies in."""
+    if ":" in name and not Path(name).exists():
+        archive = name.split(":", 1)[0]
+        if archive.lower().endswith(TAR_SUFFIXES):
+            return archive
+    return str(Path(name).parent)
 
 
 def _class_name(index: int, names: list[str] | None) -> str:
@@ -94,8 +128,8 @@ def score_items(detector: Scorer, items: list[Item], batch_size: int = 500, prog
         scores = detector.score(np.stack([image for _, image in pending]))
         for i, (row, _) in enumerate(pending):
             row.update(predicted_class=_class_name(int(scores["predicted"][i]), detector.class_names),
-                       confidence=float(scores["confidence"][i]), dmr_score=float(scores["dmr_score"][i]),
-                       is_ood=bool(scores["is_ood"][i]))
+                       confidence=float(scores["confidence"][i]), is_ood=bool(scores["is_ood"][i]),
+                       dmr_score=float(scores["dmr_score"][i]), dmr_is_ood=bool(scores["dmr_is_ood"][i]))
             if "combined_score" in columns:
                 row.update(combined_score=float(scores["combined_score"][i]),
                            combined_is_ood=bool(scores["combined_is_ood"][i]))
