@@ -26,6 +26,7 @@ head as ``extract_features`` stores it; scores equal the pipeline's up to float 
 
 # no ``from __future__ import annotations``: TorchScript reads the annotations of ScriptedDetector as objects
 
+import contextlib
 import io
 import json
 import warnings
@@ -223,26 +224,14 @@ def _write_onnx(graph: DetectorGraph, path: Path, text: str) -> None:
 
     names = [key for key in OUTPUTS if graph.combined is not None or not key.startswith("combined")]
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with torch.no_grad(), warnings.catch_warnings(), _quiet():
+    # the exporter prints its progress to stdout
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(exported_program(graph), (_example(),), dynamo=True, opset_version=ONNX_OPSET,
                                     input_names=["images"], output_names=names, external_data=False,
                                     optimize=True)
     program.model.metadata_props[EXTRA_FILE] = text
     program.save(str(path), external_data=False)
-
-
-class _quiet:
-    """Silence the ONNX exporter's progress prints (it writes to stdout)."""
-
-    def __enter__(self):
-        import contextlib
-
-        self._redirect = contextlib.redirect_stdout(io.StringIO())
-        return self._redirect.__enter__()
-
-    def __exit__(self, *exc):
-        return self._redirect.__exit__(*exc)
 
 
 def file_format(path: Path) -> str:
