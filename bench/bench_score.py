@@ -8,7 +8,8 @@ in ``--repeats`` rounds over every variant, best round per variant (other load o
 variant alike):
 
 - pipeline: ``TrainedDetector.score`` on uint8 arrays (extract_features + DMRDetector, + the KNN part);
-- pipeline, from files: ``score_items`` on a folder of PNG files (decoding, the 32×32 rule, batching, scoring);
+- pipeline, from files: what `dmr score FOLDER --out rows.csv` runs (``read_inputs`` + ``score_stream``) on a folder
+  of PNG files: decoding, the 32×32 rule, batching, scoring, writing the rows;
 - pt2 / onnx / torchscript: the ``dmr export`` file loaded by its own runtime (torch.export, onnxruntime,
   torch.jit) through ``ExportedDetector``.
 
@@ -44,8 +45,8 @@ from dmr_core.nets.classifier import build_classifier
 from dmr_core.nets.rejection_head import RejectionHead
 from dmr_core.serving.detector import CombinedPart, TrainedDetector
 from dmr_core.serving.export import FORMATS, SUFFIXES, ExportedDetector, export_detector
-from dmr_core.serving.inputs import list_items
-from dmr_core.serving.scoring import score_items
+from dmr_core.serving.inputs import read_inputs
+from dmr_core.serving.scoring import score_stream, sink_for
 
 
 def cpu_model() -> str:
@@ -117,13 +118,13 @@ def main() -> None:
         folder.mkdir()
         for i, image in enumerate(images):
             Image.fromarray(image).save(folder / f"{i:05d}.png")
-        items = list_items([folder])
         variants = {}
         for kind, (detector, _) in detectors.items():
             variants.update({f"pipeline_{kind}_bs{b}": on_batches(detector, b) for b in batches})
 
             def from_files(detector=detector) -> int:
-                score_items(detector, items, 500, progress=False)
+                with sink_for(Path(tmp, "rows.csv"), detector.describe()) as sink:
+                    score_stream(detector, read_inputs([folder]), sink, 500, progress=False)
                 return n
             variants[f"pipeline_{kind}_from_png_files_bs500"] = from_files
             graph = detector.export_graph()

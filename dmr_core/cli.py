@@ -273,13 +273,13 @@ def score(
 
     from .errors import CheckpointError, DataError
     from .serving.export import ExportedDetector
-    from .serving.inputs import list_items
-    from .serving.scoring import check_output, format_table, score_items, write_report
+    from .serving.inputs import check_inputs, read_inputs
+    from .serving.scoring import check_output, score_stream, sink_for
 
     try:
         if out is not None:
             check_output(out)
-        items = list_items(inputs)
+        paths = check_inputs(inputs)
         if model is not None:
             if detector != "auto" or keep != 0.95:
                 raise DataError("--detector and --keep are fixed in an exported file (`dmr export --detector "
@@ -289,17 +289,18 @@ def score(
             scorer = _trained_detector(combined, batch_size, keep, detector)
     except (DataError, CheckpointError) as err:
         _fail(str(err))
-    report = score_items(scorer, items, batch_size,
-                         on_unreadable=lambda name, why: typer.echo(f"unreadable: {name}: {why}", err=True))
-    if out is None:
-        typer.echo(format_table(report))
-        typer.echo(report.summary_line(), err=True)  # stdout stays the table
-        return
     try:
-        write_report(report, out)
+        # the output is opened (under a temporary name) before the first image is read: an unwritable --out fails
+        # now, not after every image is scored
+        with sink_for(out, scorer.describe()) as sink:
+            counts = score_stream(scorer, read_inputs(paths), sink, batch_size,
+                                  on_unreadable=lambda name, why: typer.echo(f"unreadable: {name}: {why}", err=True))
     except OSError as err:
         _fail(os_fault_message(err) or f"cannot write {out}: {err}")
-    typer.echo(f"{report.summary_line()}; rows in {out}")
+    if out is None:
+        typer.echo(counts.summary_line(), err=True)  # stdout stays the table
+        return
+    typer.echo(f"{counts.summary_line()}; rows in {out}")
 
 
 @app.command("export")

@@ -38,7 +38,8 @@ def main(params: Params, dmr_scores: Path, posthoc_scores: Path, head: Path, fea
         return
     dmr = open_zarr(dmr_scores, "DMR's scores (stage eval)")
     posthoc = open_zarr(posthoc_scores, "the post-hoc scores (stage baselines)")
-    rejection_head, feature = load_head(head)
+    loaded = load_head(head)
+    rejection_head, feature = loaded.head, loaded.feature
     reference = np.asarray(posthoc["reference_indices"][:])
     id_train = open_features(features)["id_train"]
     dmr_reference = DMRDetector(rejection_head).scores(np.asarray(id_train[feature][:])[reference])
@@ -58,7 +59,7 @@ def main(params: Params, dmr_scores: Path, posthoc_scores: Path, head: Path, fea
     method = f"DMR + {name}"
     save_zarr(scores, {"id_test": id_test, "ood": ood, "detector_state": state}, attrs={
         "method": method, "detector": name, "representation": representation, "settings": asdict(settings),
-        "feature": feature, "ood_sets": ood_sets, "servable": servable is not None, **combine.to_attrs(),
+        "feature": feature, "head_sha256": loaded.sha256, "ood_sets": ood_sets, "servable": servable is not None, **combine.to_attrs(),
         **threshold, "thresholds": thresholds_of(points),
         "summary": summary_aurocs(results)})
     write_json(metrics, {"method": method, **threshold, **results, "operating_points": points})

@@ -23,14 +23,16 @@ from dmr_core.runtime.stage import run
 
 
 def main(params: Params, head: Path, features: Path, scores: Path, metrics: Path, plots: Path) -> None:
-    rejection_head, feature = load_head(head)
+    loaded = load_head(head)
+    rejection_head, feature = loaded.head, loaded.feature
     group = open_features(features)
     result = evaluate_head(rejection_head, group["id_test"][feature], ood_features(group, feature))
     threshold = threshold_attrs(ood_threshold(result.id_scores))
     points = operating_points(result.id_scores, {name: values for name, values in result.ood_scores.items()
                                                  if not is_as_stored(name)}, params.eval.keep_rates)
     save_zarr(scores, {"id_test": result.id_scores, "ood": result.ood_scores},
-              attrs={"ood_sets": list(result.ood_scores), "feature": feature, **threshold,
+              # the head's digest ties these thresholds to the head they belong to (checked by `dmr score`)
+              attrs={"ood_sets": list(result.ood_scores), "feature": feature, "head_sha256": loaded.sha256, **threshold,
                      "thresholds": thresholds_of(points),
                       "summary": summary_aurocs(result.metrics)})
     write_json(metrics, {"method": "DMR (rejection head)", "feature": feature, **threshold, **result.metrics,

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from dmr_core.data.artifacts import atomic_output, open_zarr, write_json
-from dmr_core.nets.classifier import load_classifier
+from dmr_core.nets.classifier import load_classifier_with_digest
 from dmr_core.nets.rejection_head import save_head
 from dmr_core.distributed import is_main
 from dmr_core.params import Params
@@ -24,8 +24,9 @@ def main(params: Params, features: Path, ood_synth: Path, classifier: Path, out:
     p = params.head
     id_features = np.asarray(open_features(features)["id_train"][p.feature][:])
     synth_images = np.asarray(open_zarr(ood_synth, "the synthesised OOD set (stage ood_synth)")["images"][:])
-    trained = train_head_on_images(load_classifier(classifier, params.features.layer), id_features, synth_images, p.feature,
-                                   p.to(HeadConfig), params.features.batch_size)
+    model, classifier_sha256 = load_classifier_with_digest(classifier, params.features.layer)
+    trained = train_head_on_images(model, id_features, synth_images, p.feature, p.to(HeadConfig),
+                                   params.features.batch_size)
     if not is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
         return
     with torch.inference_mode():
@@ -34,7 +35,9 @@ def main(params: Params, features: Path, ood_synth: Path, classifier: Path, out:
     print(f"rejection head: final loss {trained.history.loss[-1]:.4f}; flags {id_rate:.1f}% of ID train, "
           f"{synth_rate:.1f}% of synthesised OOD")
     with atomic_output(out) as tmp:
-        save_head(trained.head, p.feature, tmp)
+        # the head carries what it was made from, so that every reader builds F as it was trained on
+        save_head(trained.head, p.feature, tmp, feature_layer=params.features.layer,
+                  classifier_sha256=classifier_sha256)
     write_json(metrics, {
         "feature": p.feature, "in_features": trained.head.config["in_features"],
         "train_loss_per_epoch": [round(v, 5) for v in trained.history.loss],

@@ -8,13 +8,16 @@ from pathlib import Path
 
 from dmr_core.data.artifacts import atomic_output
 from dmr_core.evaluation.report import (
+    OPERATING_POINTS_BLOCK,
     build_table,
     collect,
     describe_synthesis,
     dmr_row_name,
     headline,
+    operating_point_table,
     paper_tables,
     render_markdown,
+    with_block,
     with_headline,
 )
 from dmr_core.params import Params
@@ -34,7 +37,8 @@ def main(params: Params, eval_metrics: Path, baselines: Path, combined: Path, sy
          data: Path, outlier_exposure: Path, out_md: Path, out_csv: Path, plot: Path, readme: Path) -> None:
     synth = {v: _read(synth_baselines / f"{v}.json") for v in params.synth_baselines.variants}
     method, oe = params.synth.method, _read(outlier_exposure)
-    methods = collect(_read(eval_metrics), _read(baselines), synth, _read(combined), method, oe)
+    eval_metrics, combined_metrics = _read(eval_metrics), _read(combined)
+    methods = collect(eval_metrics, _read(baselines), synth, combined_metrics, method, oe)
     data_metrics, classifier_metrics, paper = _read(data), _read(classifier), paper_tables()
     # the paper's table is chosen by the ID set and the classifier's architecture together
     table = build_table(methods, paper, data_metrics.get("id_set", "cifar10"), str(classifier_metrics.get("arch")),
@@ -43,6 +47,11 @@ def main(params: Params, eval_metrics: Path, baselines: Path, combined: Path, sy
         table.to_csv(tmp, index=False)
     markdown = render_markdown(table, data_metrics, classifier_metrics, describe_synthesis(params.synth.to(SynthConfig)),
                                paper, oe)
+    points = operating_point_table({dmr_row_name(method): eval_metrics, combined_metrics.get("method", "combined"):
+                                    combined_metrics})
+    if points:
+        markdown += ("\n## Operating points\n\nThe share of each OOD set judged in-distribution (passed) at each "
+                     "share of ID test images kept; `dmr score --keep` picks one.\n\n" + points + "\n")
     with atomic_output(out_md) as tmp:
         tmp.write_text(markdown)
     summary = "near_far_mean" if (table["set"] == "near_far_mean").any() else "mean"
@@ -52,7 +61,7 @@ def main(params: Params, eval_metrics: Path, baselines: Path, combined: Path, sy
     # the README's results block, when the project has one (a copy of the project for a test may not)
     if readme.is_file():
         text = readme.read_text()
-        updated = with_headline(text, headline(table))
+        updated = with_block(with_headline(text, headline(table)), points, OPERATING_POINTS_BLOCK)
         if updated != text:
             with atomic_output(readme) as tmp:
                 tmp.write_text(updated)

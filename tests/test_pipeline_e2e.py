@@ -93,6 +93,13 @@ def test_report_lists_every_method_and_set(tiny_project):
     assert len([line for line in block.splitlines() if line.startswith("| ")]) == 1 + methods
     combined = json.loads((tiny_project / "metrics" / "combined.json").read_text())
     assert combined["method"] == "DMR + KNN" and set(combined["icons"]) == eval_fields
+    # the operating points block: DMR and the combined score at each keep rate, with the share of icons passing
+    points = readme.split("<!-- operating-points:begin -->")[1].split("<!-- operating-points:end -->")[0]
+    rows = [line for line in points.splitlines() if line.startswith("| DMR")]
+    assert len(rows) == 2 * 3 and "icons passed" in points and "## Operating points" in report
+    passed = combined["operating_points"]["0.99"]["passed"]["icons"]
+    assert f"| DMR + KNN | 99 % | {combined['operating_points']['0.99']['threshold']:.4g} |" in points
+    assert f"{100 * passed:.1f} %" in next(row for row in rows if row.startswith("| DMR + KNN | 99 %"))
 
 
 def test_lambda_change_reruns_only_synthesis_head_and_eval(tiny_project):

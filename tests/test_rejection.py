@@ -51,7 +51,7 @@ def test_detector_is_a_pytorch_ood_features_detector(tmp_path):
     id_feats, ood_feats = blobs()
     head, _ = train_rejection_head(id_feats, ood_feats, replace(HEAD, epochs=2))
     save_head(head, "penultimate", tmp_path / "head.pt")
-    loaded, feature = load_head(tmp_path / "head.pt")
+    loaded, feature, *_ = load_head(tmp_path / "head.pt")
     assert feature == "penultimate"
     detector = DMRDetector(loaded, encoder=lambda x: x.flatten(1))
     assert isinstance(detector, FeaturesDetector)
@@ -104,7 +104,7 @@ def test_head_checkpoint_keeps_input_dropout_and_reads_older_checkpoints(tmp_pat
     assert load_head(tmp_path / "new.pt")[0].config["input_dropout"] == 0.6
     old = {"feature": "feature_map", "config": {"in_features": 16, "hidden": 8}, "state_dict": head.state_dict()}
     torch.save(old, tmp_path / "old.pt")  # written before the option existed
-    loaded, _ = load_head(tmp_path / "old.pt")
+    loaded, *_ = load_head(tmp_path / "old.pt")
     x = torch.randn(5, 16)
     torch.testing.assert_close(loaded(x), head.eval()(x))
 

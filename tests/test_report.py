@@ -7,12 +7,15 @@ import pytest
 
 from dmr_core.detectors.posthoc import DETECTORS
 from dmr_core.evaluation.report import (
+    OPERATING_POINTS_BLOCK,
     build_table,
     collect,
     dmr_row_name,
+    operating_point_table,
     paper_reference,
     paper_tables,
     render_markdown,
+    with_block,
 )
 
 PAPER = paper_tables()
@@ -105,3 +108,21 @@ def test_an_architecture_the_paper_did_not_train_gets_no_paper_numbers_and_the_r
     own = render_markdown(_table("my_pets", "wrn40_2").reset_index(), {**data, "id_set": "my_pets"},
                           {"arch": "wrn40_2", "test_accuracy": 90.0}, paper=PAPER)
     assert "The paper has no numbers for this ID set." in own and "Paper sets not evaluated" not in own
+
+
+def test_the_operating_point_table_lists_each_detector_and_keep_rate_with_the_share_passing():
+    point = lambda keep, threshold, icons: {"threshold": threshold, "id_kept": keep,  # noqa: E731
+                                            "passed": {"icons": icons, "gaussian": 0.0}}
+    dmr = {"operating_points": {"0.99": point(0.99, 4.0, 0.66), "0.9": point(0.9, 2.5, 0.2436)}}
+    combined = {"operating_points": {"0.95": point(0.95, -2.27348, 0.4669)}}
+    table = operating_point_table({"DMR": dmr, "DMR + KNN": combined, "MSP": {"icons": {}}})
+    lines = table.splitlines()
+    assert lines[0] == "| detector | ID kept | threshold | icons passed | gaussian passed |"
+    # rows in order of the share kept, per detector; a detector without operating points has no row
+    assert lines[2:] == ["| DMR | 90 % | 2.5 | 24.4 % | 0.0 % |", "| DMR | 99 % | 4 | 66.0 % | 0.0 % |",
+                         "| DMR + KNN | 95 % | -2.273 | 46.7 % | 0.0 % |"]
+    assert operating_point_table({"MSP": {}}) == ""
+    readme = "intro\n<!-- operating-points:begin -->\nold\n<!-- operating-points:end -->\nrest"
+    assert with_block(readme, table, OPERATING_POINTS_BLOCK) == (
+        f"intro\n<!-- operating-points:begin -->\n{table}\n<!-- operating-points:end -->\nrest")
+    assert with_block("no markers", table, OPERATING_POINTS_BLOCK) == "no markers"

@@ -17,6 +17,7 @@ from dmr_core import cli
 from dmr_core.data.artifacts import save_zarr
 from dmr_core.detectors.dmr import DMRDetector
 from dmr_core.detectors.posthoc import PosthocSettings, ScoringSet, fit_detectors, score_sets
+from dmr_core.nets.checkpoints import file_sha256
 from dmr_core.nets.classifier import build_classifier, save_classifier
 from dmr_core.nets.features import extract_features
 from dmr_core.nets.rejection_head import RejectionHead, save_head
@@ -43,21 +44,22 @@ def images(n: int, seed: int, bright: bool = False) -> np.ndarray:
     return base.astype(np.uint8)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A trained run's artifacts, written by the library's save functions and stages eval and combine."""
+def build_run(root, layer: str = "auto", head_seed: int = 1):
+    """A trained run's artifacts in ``root``, written by the library's save functions and stages eval and combine,
+    its head reading the classifier's module ``layer``: (root, {stage: command}, {set: images})."""
     from stages import combine
     from stages import eval as eval_stage
 
-    root = tmp_path_factory.mktemp("run")
-    classifier = tiny_classifier()
+    root.mkdir(parents=True, exist_ok=True)
+    classifier = tiny_classifier().set_feature_layer(layer)
     save_classifier(classifier, "resnet20", root / "classifier.pt")
-    torch.manual_seed(1)
-    save_head(RejectionHead(64 * 8 * 8, 16), "feature_map", root / "head.pt")
     sets = {"id_train": images(60, 0), "id_test": images(12, 1), "icons": images(12, 2, bright=True)}
+    reps = {name: extract_features(classifier, x) for name, x in sets.items()}
+    torch.manual_seed(head_seed)
+    save_head(RejectionHead(reps["id_test"]["feature_map"][0].size, 16), "feature_map", root / "head.pt",
+              feature_layer=layer, classifier_sha256=file_sha256(root / "classifier.pt"))
     labels = np.arange(60) % 10
     save_zarr(root / "train.zarr", {"images": sets["id_train"], "labels": labels}, attrs={"class_names": CLASSES})
-    reps = {name: extract_features(classifier, x) for name, x in sets.items()}
     reps["id_train"]["labels"] = labels
     save_zarr(root / "features.zarr", {"id_train": reps["id_train"], "id_test": reps["id_test"],
                                        "ood": {"icons": reps["icons"]}}, attrs={"ood_sets": ["icons"]})
@@ -73,13 +75,12 @@ def run(tmp_path_factory):
                     root / "plots")
     combine.main(params, root / "dmr.zarr", root / "posthoc.zarr", root / "head.pt", root / "features.zarr",
                  root / "combined.zarr", root / "combined.json")
-    commands = {
-        "classifier": f"python -m stages.classifier --train {root / 'train.zarr'} --out {root / 'classifier.pt'}",
-        "features": f"python -m stages.features --classifier {root / 'classifier.pt'} --out {root / 'features.zarr'}",
-        "eval": f"python -m stages.eval --head {root / 'head.pt'} --scores {root / 'dmr.zarr'}",
-        "combine": f"python -m stages.combine --features {root / 'features.zarr'} --scores {root / 'combined.zarr'}",
-    }
-    return root, commands, sets
+    return root, build_commands(root), sets
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return build_run(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture
@@ -115,7 +116,8 @@ def test_score_reproduces_the_pipelines_scores_of_the_same_images(use_run, tmp_p
         (folder / f"{i:02d}.png").write_bytes(_png(image))
     result = runner.invoke(cli.app, ["score", str(folder), "--out", str(tmp_path / "scores.csv")])
     assert result.exit_code == 0, result.output
-    rows = pd.read_csv(tmp_path / "scores.csv")
+    # rows come in the file system's order; each names its file
+    rows = pd.read_csv(tmp_path / "scores.csv").sort_values("path", ignore_index=True)
     assert list(rows.columns) == ["path", "predicted_class", "confidence", "is_ood", "dmr_score", "dmr_is_ood",
                                   "combined_score", "combined_is_ood", "error"]
     dmr = zarr.open_group(str(root / "dmr.zarr"), mode="r")
@@ -134,6 +136,31 @@ def test_score_reproduces_the_pipelines_scores_of_the_same_images(use_run, tmp_p
     np.testing.assert_allclose(rows["confidence"], torch.softmax(torch.from_numpy(logits), 1).max(1).values,
                                rtol=1e-6)
     assert "scored 12 image(s)" in result.output and "0 unreadable" in result.output
+
+
+def test_the_runs_combined_score_as_a_pytorch_ood_detector_equals_the_stored_scores(run):
+    """TrainedDetector.pytorch_ood_detector(): predict(float N×3×H×W images, as ToTensor gives them) equals what
+    stage combine stored, and pytorch-ood's OODMetrics on its scores gives the AUROC stage combine reported."""
+    from pytorch_ood.api import Detector
+    from pytorch_ood.metrics import OODMetrics
+
+    from dmr_core.serving.detector import TrainedDetector
+    from dmr_core.serving.run import run_artifacts
+
+    root, commands, sets = run
+    detector = TrainedDetector.load(run_artifacts(commands)).pytorch_ood_detector()
+    assert isinstance(detector, Detector)
+    stored = zarr.open_group(str(root / "combined.zarr"), mode="r")
+    as_tensor = {name: torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 for name, x in sets.items()}
+    id_scores, ood_scores = detector.predict(as_tensor["id_test"]), detector(as_tensor["icons"])
+    tolerance = combined_tolerance(stored.attrs, 0)
+    np.testing.assert_allclose(id_scores.numpy(), stored["id_test"][:], rtol=0, atol=tolerance)
+    np.testing.assert_allclose(ood_scores.numpy(), stored["ood"]["icons"][:], rtol=0, atol=tolerance)
+    metrics = OODMetrics()
+    metrics.update(torch.cat([id_scores, ood_scores]),
+                   torch.cat([torch.zeros(len(id_scores)), -torch.ones(len(ood_scores))]).long())
+    reported = json.loads((root / "combined.json").read_text())
+    assert metrics.compute()["AUROC"] * 100 == pytest.approx(reported["icons"]["AUROC"], abs=1e-2)
 
 
 def _mixed_inputs(tmp_path):
@@ -178,9 +205,11 @@ def test_score_folder_tar_and_files_to_json_counting_unreadable(use_run, tmp_pat
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
     rows = {row["path"]: row for row in payload["images"]}
-    assert list(rows) == [str(folder / "big.jpg"), str(folder / "corrupt.png"), str(folder / "notes.txt"),
-                          str(folder / "sub" / "gray.png"), str(folder / "sub" / "rgba.png"),
-                          f"{archive}:a/p.png", f"{archive}:b.bmp", str(single)]
+    # inputs in the order given; a folder's files in the file system's order, a tar's members in archive order
+    folder_rows = sorted(list(rows)[:5])
+    assert folder_rows == [str(folder / "big.jpg"), str(folder / "corrupt.png"), str(folder / "notes.txt"),
+                           str(folder / "sub" / "gray.png"), str(folder / "sub" / "rgba.png")]
+    assert list(rows)[5:] == [f"{archive}:a/p.png", f"{archive}:b.bmp", str(single)]
     assert rows[str(folder / "notes.txt")]["error"] == "not an image, or a corrupt one"
     assert rows[str(folder / "corrupt.png")]["error"] == "not an image, or a corrupt one"
     assert rows[str(folder / "notes.txt")]["dmr_score"] is None
@@ -426,3 +455,201 @@ def test_bad_export_files_and_inputs_are_one_line(use_run, exported, tmp_path):
     assert detector.score(np.zeros((0, 32, 32, 3), np.uint8)) == {}
     result = runner.invoke(cli.app, ["export", str(tmp_path / "m.onnx"), "--format", "pt2"])
     assert result.exit_code == 2 and "names a onnx file" in result.output
+
+
+class BrightnessScorer:
+    """A stand-in detector whose DMR score is an image's mean brightness: the tests below are about reading and
+    writing rows (the nets' scores are checked above), so the 100,000 images cost no forward passes."""
+
+    class_names = ["dark", "bright"]
+    combined = None
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def describe(self) -> dict:
+        return {"source": "test", "threshold": 0.5, "keep": "0.95", "decision": "dmr", "combined": None}
+
+    def score(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        self.calls += 1
+        brightness = images.reshape(len(images), -1).mean(1) / 255
+        return {"predicted": (brightness > 0.5).astype(int), "confidence": np.ones(len(images)),
+                "dmr_score": brightness, "dmr_is_ood": brightness > 0.5, "is_ood": brightness > 0.5}
+
+
+def _linked_folder(folder, count: int, bright_every: int = 10):
+    """``count`` PNG files that are hard links to two files (dark, and bright for every ``bright_every``-th):
+    100,000 names cost almost no disk (a new file every 50,000 links: file systems cap the links of one file)."""
+    folder.mkdir()
+    for i in range(count):
+        if i % 50_000 == 0:
+            dark, bright = (folder.parent / f"{folder.name}-{kind}-{i}.png" for kind in ("dark", "bright"))
+            dark.write_bytes(_png(np.full((32, 32, 3), 20, np.uint8)))
+            bright.write_bytes(_png(np.full((32, 32, 3), 230, np.uint8)))
+        (folder / f"{i:06d}.png").hardlink_to(bright if i % bright_every == 0 else dark)
+
+
+def _traced_score(args, monkeypatch) -> tuple[object, int]:
+    """(the CLI's result, the peak of memory traced while it ran) with the stand-in detector."""
+    import tracemalloc
+
+    monkeypatch.setattr(cli, "_trained_detector", lambda *a, **k: BrightnessScorer())
+    tracemalloc.start()
+    try:
+        result = runner.invoke(cli.app, ["score", *args])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
+def test_score_streams_100000_files_in_constant_memory(tmp_path, monkeypatch):
+    """Rows are written a batch at a time and only counts are kept: scoring 100,000 files peaks at the memory
+    of scoring 10,000 (a list of rows or of items would add tens of MB), and every row and count is right."""
+    _linked_folder(tmp_path / "warm-up", 10)
+    _linked_folder(tmp_path / "small", 10_000)
+    _linked_folder(tmp_path / "large", 100_000)
+    (tmp_path / "large" / "notes.txt").write_text("not an image")
+    # the first run imports pandas and the rest, which would count in its peak (and PIL imports every plugin the
+    # first time it fails to identify a file: the warm-up holds a non-image too)
+    (tmp_path / "warm-up" / "notes.txt").write_text("not an image")
+    assert _traced_score([str(tmp_path / "warm-up"), "--out", str(tmp_path / "w.csv")], monkeypatch)[0].exit_code == 0
+    small, small_peak = _traced_score([str(tmp_path / "small"), "--out", str(tmp_path / "small.csv")], monkeypatch)
+    assert small.exit_code == 0, small.output
+    large, large_peak = _traced_score([str(tmp_path / "large"), "--out", str(tmp_path / "large.csv")], monkeypatch)
+    assert large.exit_code == 0, large.output
+    assert "scored 100000 image(s): 10000 OOD" in large.output and "1 unreadable" in large.output
+    assert large_peak < small_peak + 2e6, (small_peak, large_peak)
+    rows = pd.read_csv(tmp_path / "large.csv")
+    assert len(rows) == 100_001 and rows["is_ood"].sum() == 10_000
+    assert set(rows["path"]) == {str(path) for path in (tmp_path / "large").iterdir()}
+    assert rows.loc[rows["error"].notna(), "path"].tolist() == [str(tmp_path / "large" / "notes.txt")]
+
+
+def test_score_streams_a_tar_and_json_in_order_with_summary_last(tmp_path, monkeypatch):
+    """A tar's members are read as they are met (in archive order), JSON rows stream with the summary written
+    once it is known; members named outside the archive are refused by the data stage's rule, as rows."""
+    archive = tmp_path / "images.tar"
+    with tarfile.open(archive, "w") as tar:
+        for i, name in enumerate(["b.png", "../escape.png", "a.png", "/abs.png", "sub/c.png"]):
+            payload = _png(np.full((32, 32, 3), 230 if i % 2 else 20, np.uint8))
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    monkeypatch.setattr(cli, "_trained_detector", lambda *a, **k: BrightnessScorer())
+    result = runner.invoke(cli.app, ["score", str(archive), "--out", str(tmp_path / "rows.json")])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((tmp_path / "rows.json").read_text())
+    assert [row["path"].split(":", 1)[1] for row in payload["images"]] == [
+        "b.png", "../escape.png", "a.png", "/abs.png", "sub/c.png"]
+    errors = [row["error"] for row in payload["images"]]
+    assert errors[0] is None and errors[2] is None and errors[4] is None
+    assert "absolute or '..' path" in errors[1] and "absolute or '..' path" in errors[3]
+    assert payload["summary"]["scored"] == 3 and payload["summary"]["unreadable"] == 2
+    assert payload["summary"]["folders"] == {str(archive): {"scored": 3, "ood": 0, "unreadable": 2}}
+    assert payload["model"]["source"] == "test"
+
+
+def test_an_unwritable_out_fails_before_any_image_is_read(use_run, tmp_path, monkeypatch):
+    from dmr_core.serving import inputs
+
+    _linked_folder(tmp_path / "images", 20)
+    decoded = []
+    real_decode = inputs.decode_image
+    monkeypatch.setattr(inputs, "decode_image", lambda payload: decoded.append(1) or real_decode(payload))
+    (tmp_path / "a-file").write_text("")
+    result = runner.invoke(cli.app, ["score", str(tmp_path / "images"), "--out", str(tmp_path / "a-file" / "r.csv")])
+    assert result.exit_code == 1
+    assert result.output.strip().count("\n") == 0 and "a-file" in result.output, result.output
+    assert decoded == []
+
+
+def _stored_scores(root) -> tuple[np.ndarray, np.ndarray]:
+    return (zarr.open_group(str(root / "dmr.zarr"), mode="r")["id_test"][:],
+            zarr.open_group(str(root / "combined.zarr"), mode="r")["id_test"][:])
+
+
+def test_a_head_on_another_layer_is_served_and_exported_as_it_was_trained(tmp_path_factory, monkeypatch):
+    """features.layer: layer2 (a 32×16×16 map, 8192 inputs): the head carries its layer, so `dmr score` and every
+    exported format build F as the head was trained on and reproduce the stored scores."""
+    from dmr_core.serving.detector import TrainedDetector
+    from dmr_core.serving.run import run_artifacts
+
+    root, commands, sets = build_run(tmp_path_factory.mktemp("layer2"), layer="layer2")
+    dmr, combined = _stored_scores(root)
+    assert json.loads((root / "eval.json").read_text())["feature"] == "feature_map"
+    scores = TrainedDetector.load(run_artifacts(commands)).score(sets["id_test"])
+    np.testing.assert_allclose(scores["dmr_score"], dmr, rtol=0, atol=1e-4)
+    monkeypatch.setattr(cli, "pipeline_commands", lambda: commands)
+    for suffix in (".pt2", ".onnx", ".pt"):
+        path = root / f"model{suffix}"
+        result = runner.invoke(cli.app, ["export", str(path)])
+        assert result.exit_code == 0, result.output
+        from dmr_core.serving.export import ExportedDetector
+
+        out = ExportedDetector.load(path).score(sets["id_test"])
+        fmt = {".pt2": "pt2", ".onnx": "onnx", ".pt": "torchscript"}[suffix]
+        dmr_tolerance = TOLERANCE[fmt] * (1 + np.abs(dmr).max())
+        np.testing.assert_allclose(out["dmr_score"], dmr, rtol=0, atol=dmr_tolerance)
+        attrs = zarr.open_group(str(root / "combined.zarr"), mode="r").attrs
+        np.testing.assert_allclose(out["combined_score"], combined, rtol=0,
+                                   atol=combined_tolerance(attrs, dmr_tolerance))
+
+
+def _copy_run(source, target) -> dict[str, str]:
+    import shutil
+
+    shutil.copytree(source, target)
+    return build_commands(target)
+
+
+def build_commands(root) -> dict[str, str]:
+    return {
+        "classifier": f"python -m stages.classifier --train {root / 'train.zarr'} --out {root / 'classifier.pt'}",
+        "features": f"python -m stages.features --classifier {root / 'classifier.pt'} --out {root / 'features.zarr'}",
+        "eval": f"python -m stages.eval --head {root / 'head.pt'} --scores {root / 'dmr.zarr'}",
+        "combine": f"python -m stages.combine --features {root / 'features.zarr'} --scores {root / 'combined.zarr'}",
+    }
+
+
+def test_a_run_read_mid_update_is_the_old_run_whole_the_new_run_whole_or_one_line(run, tmp_path, monkeypatch):
+    """`dvc repro` replaces the head, then DMR's scores (eval), then the combined score (combine), one file at a
+    time: scoring at every step sees the old run whole, the new one whole, or refuses in one line — never the new
+    head with the old thresholds. A classifier from elsewhere under the head is refused too."""
+    import shutil
+
+    from dmr_core.serving.detector import NoTrainedRun, TrainedDetector
+    from dmr_core.serving.run import run_artifacts
+
+    old_root, _, sets = run
+    new_root, _, _ = build_run(tmp_path / "new", head_seed=2)
+    live = tmp_path / "live"
+    commands = _copy_run(old_root, live)
+    monkeypatch.setattr(cli, "pipeline_commands", lambda: commands)
+    seen = []
+    for step in (None, "head.pt", "dmr.zarr", "combined.zarr"):
+        if step is not None:
+            target = live / step
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+            (shutil.copytree if (new_root / step).is_dir() else shutil.copy)(new_root / step, target)
+        try:
+            scores = TrainedDetector.load(run_artifacts(commands)).score(sets["id_test"])
+        except NoTrainedRun as err:
+            assert "not one version" in str(err) and "\n" not in str(err)
+            result = runner.invoke(cli.app, ["score", str(tmp_path / "new" / "classifier.pt")])
+            assert result.exit_code == 1 and result.output.strip().count("\n") == 0, result.output
+            seen.append("refused")
+            continue
+        for root, name in ((old_root, "old"), (new_root, "new")):
+            dmr, combined = _stored_scores(root)
+            if np.allclose(scores["dmr_score"], dmr, atol=1e-4) and np.allclose(scores["combined_score"], combined,
+                                                                                atol=1e-3):
+                seen.append(name)
+                break
+        else:
+            raise AssertionError(f"after {step}: the scores are neither run's")
+    assert seen == ["old", "refused", "refused", "new"]
+    # a classifier that is not the one the head was trained on
+    save_classifier(tiny_classifier(seed=3), "resnet20", live / "classifier.pt")
+    with pytest.raises(NoTrainedRun, match="not one version"):
+        TrainedDetector.load(run_artifacts(commands))

@@ -54,11 +54,20 @@ def is_archive(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() == ".tar"
 
 
-def _safe_member_path(member: tarfile.TarInfo, archive: Path) -> PurePosixPath:
-    path = PurePosixPath(member.name)
+def member_path_problem(name: str) -> str | None:
+    """Why a tar member's name may not be read (an absolute or '..' path, which points outside the archive), else
+    None: the one rule of the data stage (which refuses the archive) and of ``dmr score`` (which skips the member)."""
+    path = PurePosixPath(name)
     if path.is_absolute() or ".." in path.parts:
-        raise DataError(f"{archive}: member {member.name!r} has an absolute or '..' path; refusing to read this archive")
-    return path
+        return f"member {name!r} has an absolute or '..' path"
+    return None
+
+
+def _safe_member_path(member: tarfile.TarInfo, archive: Path) -> PurePosixPath:
+    problem = member_path_problem(member.name)
+    if problem is not None:
+        raise DataError(f"{archive}: {problem}; refusing to read this archive")
+    return PurePosixPath(member.name)
 
 
 def _list_archive(archive: Path, prefix: PurePosixPath) -> Listing:

@@ -15,6 +15,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
+from pytorch_ood.api import Detector, RequiresFittingException
+from pytorch_ood.utils import is_known
+from torch import Tensor
+from torch.utils.data import DataLoader
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,45 @@ class CombinedScore:
     def from_attrs(cls, attrs: dict) -> CombinedScore:
         return cls(Standardisation(**attrs["dmr_standardisation"]),
                    Standardisation(**attrs["posthoc_standardisation"]))
+
+
+class CombinedDetector(Detector):
+    """The combined score as a pytorch-ood ``Detector``, so that it drops into pytorch-ood's evaluation code
+    (``OODMetrics``, ``GridSearch``): ``predict(x)`` is s(x) above, of the scores two detectors give the inputs x.
+
+    ``fit(loader)`` fits the post-hoc detector on the loader (ID training data, as stage baselines fits it; a
+    detector that needs no fit is left as it is), then both standardisations on the two detectors' scores of the
+    loader's known inputs (pytorch-ood's convention: labels < 0 are OOD and ignored). A trained run's combined score,
+    with the standardisations stage combine fixed, is ``TrainedDetector.pytorch_ood_detector()``."""
+
+    requires_fit = True
+
+    def __init__(self, dmr: Detector, posthoc: Detector, combination: CombinedScore | None = None) -> None:
+        self.dmr, self.posthoc, self.combination = dmr, posthoc, combination
+
+    def fit(self, data_loader: DataLoader) -> CombinedDetector:
+        self.posthoc.fit(data_loader)
+        dmr, posthoc = [], []
+        for x, y, *_ in data_loader:
+            known = is_known(torch.as_tensor(y))
+            if known.any():
+                dmr.append(self._scores(self.dmr, x[known]))
+                posthoc.append(self._scores(self.posthoc, x[known]))
+        if not dmr:
+            raise ValueError("the loader holds no ID inputs (every label < 0); cannot fit the standardisations")
+        self.combination = CombinedScore.fit(np.concatenate(dmr), np.concatenate(posthoc))
+        return self
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Combined scores of the inputs x (higher = more OOD), float32."""
+        if self.combination is None:
+            raise RequiresFittingException("CombinedDetector needs fit(loader) (or a CombinedScore) first")
+        return torch.from_numpy(self.combination(self._scores(self.dmr, x), self._scores(self.posthoc, x))).float()
+
+    @staticmethod
+    def _scores(detector: Detector, x: Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return detector.predict(x).detach().float().cpu().numpy()
 
 
 def standardise(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:

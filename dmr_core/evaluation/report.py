@@ -22,6 +22,7 @@ COLUMN_TITLES = {"near_mean": "near-OOD mean", "far_mean": "far-OOD mean", "near
 RANK_BY = ("near_far_mean", "mean")
 # the README's block the report stage rewrites with the headline table
 README_BLOCK = ("<!-- results:begin -->", "<!-- results:end -->")
+OPERATING_POINTS_BLOCK = ("<!-- operating-points:begin -->", "<!-- operating-points:end -->")
 # The main pipeline's row, named after what synthesised its training set (synth.method), and the paper's rows it is
 # compared with: (its row in the per-set tables and Table 5, its row in Table 3). The paper's Table 1 DMR number is
 # what the authors' single-variant run gave and the paper prints the same number as Table 3's DMR+MLM, so both DMR
@@ -324,12 +325,34 @@ def headline(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def with_headline(readme: str, table_markdown: str) -> str:
-    """``readme`` with the text between its results markers replaced by ``table_markdown`` (unchanged without
-    the markers)."""
-    begin, end = README_BLOCK
+def operating_point_table(detectors: dict[str, dict]) -> str:
+    """The trade-off a deployer chooses from: per detector (name → its metrics, with ``operating_points`` as the
+    eval and combine stages store them) and per share of ID test images kept, the threshold and the share of each
+    OOD set that passes it (is judged ID), in %. Empty when no detector stores operating points."""
+    rows = {name: m["operating_points"] for name, m in detectors.items() if m.get("operating_points")}
+    if not rows:
+        return ""
+    sets = list(next(iter(rows.values())).values())[0]["passed"]
+    lines = ["| detector | ID kept | threshold | " + " | ".join(f"{s} passed" for s in sets) + " |",
+             "|---|---:|---:|" + "---:|" * len(sets)]
+    for name, points in rows.items():
+        for keep, point in sorted(points.items(), key=lambda item: float(item[0])):
+            passed = " | ".join(f"{100 * point['passed'][s]:.1f} %" if s in point["passed"] else "–" for s in sets)
+            lines.append(f"| {name} | {100 * point['id_kept']:.0f} % | {point['threshold']:.4g} | {passed} |")
+    return "\n".join(lines)
+
+
+def with_block(readme: str, content: str, markers: tuple[str, str]) -> str:
+    """``readme`` with the text between ``markers`` replaced by ``content`` (unchanged without the markers)."""
+    begin, end = markers
     if begin not in readme or end not in readme:
         return readme
     head, rest = readme.split(begin, 1)
     _, tail = rest.split(end, 1)
-    return f"{head}{begin}\n{table_markdown}\n{end}{tail}"
+    return f"{head}{begin}\n{content}\n{end}{tail}"
+
+
+def with_headline(readme: str, table_markdown: str) -> str:
+    """``readme`` with the text between its results markers replaced by ``table_markdown`` (unchanged without
+    the markers)."""
+    return with_block(readme, table_markdown, README_BLOCK)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 
 import torch
@@ -38,13 +40,30 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict[str, Tensor], sou
 
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint written by this project (or the pretrained files) safely."""
+    return load_checkpoint_with_digest(path)[0]
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, hex: what a downstream artifact records of a checkpoint it was made from."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def load_checkpoint_with_digest(path: str | Path) -> tuple[dict, str]:
+    """A checkpoint and the SHA-256 of the very bytes it was read from (one read: a file replaced meanwhile cannot
+    give the payload of one version and the digest of another)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found: run `dvc repro` to build it")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({err.strerror or err})") from None
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); delete it and re-run") from None
+    return payload, hashlib.sha256(data).hexdigest()
 
 
 def save_checkpoint(payload: dict, path: str | Path) -> None:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError, ParamsError
-from .checkpoints import load_checkpoint, load_state_dict_checked, save_checkpoint
+from .checkpoints import load_checkpoint, load_checkpoint_with_digest, load_state_dict_checked, save_checkpoint
 from .cifar_nets import RESNET_DEPTHS, CifarResNet, DenseNetBC, WideResNet, cifar_densenet121, cifar_resnet50
 from .classifier_base import AUTO_LAYER, IMAGE_MEAN, IMAGE_STD, Classifier
 from .hooks import on_meta, trace_layers
@@ -252,7 +252,12 @@ def load_classifier(path: str | Path, feature_layer: str = AUTO_LAYER) -> Classi
     """Load a classifier saved by the classifier stage, in eval mode with frozen parameters, reading its
     ``feature_map`` from ``feature_layer`` (``features.layer``). A checkpoint from before class counts were
     stored gets its count from the classification layer's weight."""
-    payload = load_checkpoint(path)
+    return load_classifier_with_digest(path, feature_layer)[0]
+
+
+def load_classifier_with_digest(path: str | Path, feature_layer: str = AUTO_LAYER) -> tuple[Classifier, str]:
+    """``load_classifier`` and the SHA-256 of the bytes it was read from (what a rejection head records of F)."""
+    payload, digest = load_checkpoint_with_digest(path)
     if not isinstance(payload, dict) or "arch" not in payload or "state_dict" not in payload:
         raise CheckpointError(f"{path} is not a classifier checkpoint of this project (no arch/state_dict)")
     arch, state = payload["arch"], payload["state_dict"]
@@ -268,4 +273,4 @@ def load_classifier(path: str | Path, feature_layer: str = AUTO_LAYER) -> Classi
     load_state_dict_checked(model.core(), state, str(path))
     model.set_feature_layer(feature_layer)
     model.eval().requires_grad_(False)
-    return model
+    return model, digest

@@ -11,12 +11,15 @@ higher = more likely OOD.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from .checkpoints import load_checkpoint, load_state_dict_checked, save_checkpoint
+from .classifier_base import AUTO_LAYER
+from .checkpoints import load_checkpoint_with_digest, load_state_dict_checked, save_checkpoint
 
 
 class InputDropout(nn.Module):
@@ -69,15 +72,31 @@ class RejectionHead(nn.Module):
         return self.net(self.input_dropout(flat)).squeeze(1)
 
 
-def save_head(head: RejectionHead, feature: str, path, extra: dict | None = None) -> None:
-    save_checkpoint({"feature": feature, "config": head.config, "state_dict": head.state_dict(), **(extra or {})}, path)
+class LoadedHead(NamedTuple):
+    """A rejection head with what it was made from: the representation it reads (``head.feature``), the classifier
+    module whose output is the feature map (``features.layer``), and the classifier file's digest (None in heads
+    saved without one); ``sha256`` is the head file's own, which stages eval and combine record."""
+
+    head: RejectionHead
+    feature: str
+    feature_layer: str
+    classifier_sha256: str | None
+    sha256: str
 
 
-def load_head(path) -> tuple[RejectionHead, str]:
-    """Load a rejection head and the name of the representation it reads."""
-    payload = load_checkpoint(path)
+def save_head(head: RejectionHead, feature: str, path, extra: dict | None = None, feature_layer: str = AUTO_LAYER,
+              classifier_sha256: str | None = None) -> None:
+    save_checkpoint({"feature": feature, "feature_layer": feature_layer, "classifier_sha256": classifier_sha256,
+                     "config": head.config, "state_dict": head.state_dict(), **(extra or {})}, path)
+
+
+def load_head(path) -> LoadedHead:
+    """Load a rejection head and what it reads; unpacks as (head, feature, feature_layer, classifier_sha256). A head
+    saved before the layer was stored read the default layer."""
+    payload, digest = load_checkpoint_with_digest(path)
     if not isinstance(payload, dict) or not {"feature", "config", "state_dict"} <= set(payload):
         raise CheckpointError(f"{path} is not a rejection-head checkpoint of this project")
     head = RejectionHead(**payload["config"])
     load_state_dict_checked(head, payload["state_dict"], str(path))
-    return head.eval().requires_grad_(False), payload["feature"]
+    return LoadedHead(head.eval().requires_grad_(False), payload["feature"],
+                      str(payload.get("feature_layer") or AUTO_LAYER), payload.get("classifier_sha256"), digest)

@@ -19,10 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pytorch_ood.api import Detector
+from torch import Tensor
 
 from ..data.artifacts import open_zarr
 from ..data.encoding import is_as_stored
-from ..detectors.combine import CombinedScore
+from ..data.sources import IMAGE_SIZE
+from ..detectors.combine import CombinedDetector, CombinedScore
 from ..detectors.dmr import DMRDetector
 from ..detectors.posthoc import (DETECTORS, FittedDetector, PosthocSettings, fit_detectors, score_set,
                                  served_detector)
@@ -30,11 +33,12 @@ from ..detectors.threshold import ID_KEPT, THRESHOLD_RULE, is_ood, keep_key
 from ..errors import CheckpointError, DataError
 from ..evaluation.metrics import evaluate_scores
 from ..evaluation.summary import summary_aurocs
+from ..images import to_float_images
 from ..nets.checkpoints import load_checkpoint
-from ..nets.classifier import CifarClassifier, load_classifier
-from ..nets.encoder import RepresentationEncoder, representation_encoder
+from ..nets.classifier import CifarClassifier, load_classifier_with_digest
+from ..nets.encoder import RepresentationEncoder, as_uint8_images, representation_encoder
 from ..nets.features import extract_features
-from ..nets.rejection_head import RejectionHead, load_head
+from ..nets.rejection_head import LoadedHead, RejectionHead, load_head
 from .run import RunArtifacts
 
 RUN_FIRST = "run `dvc repro` first to train the detector"
@@ -57,6 +61,21 @@ class CombinedPart:
     summary: dict[str, float]
     stored: bool
     settings: PosthocSettings
+
+
+class FittedOnImages(Detector):
+    """A fitted post-hoc detector as a pytorch-ood ``Detector`` over images: ``predict(x)`` scores F's
+    representation of x (computed by ``encoder``, as the features stage computes it), or x itself for a detector
+    that reads images."""
+
+    def __init__(self, fitted: FittedDetector, encoder: RepresentationEncoder) -> None:
+        self.fitted, self.encoder = fitted, encoder
+
+    def predict(self, x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            if self.fitted.representation == "images":
+                return self.fitted.score(to_float_images(torch.from_numpy(as_uint8_images(x))))
+            return self.fitted.score(torch.from_numpy(self.encoder.all(x)[self.fitted.representation]).float())
 
 
 def class_names(classifier_path: Path, train_set: Path | None) -> list[str] | None:
@@ -85,14 +104,44 @@ def _scores_attrs(path: Path, what: str) -> tuple[dict[str, float], dict]:
     return thresholds or {keep_key(ID_KEPT): float(attrs["threshold"])}, attrs
 
 
+MIXED_RUN = ("the run's artifacts are not one version: {newer} is not the one {older} was made from (a `dvc repro` "
+             "under way, or files from different runs); score again once `dvc repro` has finished")
+
+
+def check_one_version(head: LoadedHead, classifier_sha256: str, artifacts: RunArtifacts, dmr_attrs: dict) -> None:
+    """Refuse, in one line, a run read mid-update: the head must record the classifier file's digest, and DMR's
+    thresholds the head's (artifacts from before digests were recorded are taken as they are)."""
+    if head.classifier_sha256 not in (None, classifier_sha256):
+        raise NoTrainedRun(MIXED_RUN.format(newer=artifacts.classifier, older=artifacts.head))
+    if dmr_attrs.get("head_sha256") not in (None, head.sha256):
+        raise NoTrainedRun(MIXED_RUN.format(newer=artifacts.head, older=artifacts.dmr_scores))
+
+
+def check_head_fits(classifier: CifarClassifier, head: LoadedHead, artifacts: RunArtifacts) -> None:
+    """Refuse a head whose input size is not that of the representation F gives (one forward pass of one image)."""
+    with torch.inference_mode():
+        probe = classifier.representations(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE))
+    if head.feature not in probe:
+        raise NoTrainedRun(f"{artifacts.head} reads {head.feature!r}, which the classifier does not give; run "
+                           "`dvc repro`")
+    size = int(np.prod(probe[head.feature].shape[1:]))
+    if size != head.head.config["in_features"]:
+        raise NoTrainedRun(f"{artifacts.head} reads {head.head.config['in_features']} values of {head.feature}, but "
+                           f"{artifacts.classifier} at layer {head.feature_layer!r} gives {size}; the two are not "
+                           "from one run: run `dvc repro`")
+
+
 def load_combined(classifier: CifarClassifier, artifacts: RunArtifacts,
-                  device: torch.device | None = None) -> CombinedPart | None:
-    """The run's combined score; None when the run has none."""
+                  device: torch.device | None = None, head_sha256: str | None = None) -> CombinedPart | None:
+    """The run's combined score; None when the run has none. With ``head_sha256``, a combined score made with
+    another head is refused (a run read mid-update)."""
     if artifacts.combined is None or not (artifacts.combined / "zarr.json").is_file():
         return None
     thresholds, attrs = _scores_attrs(artifacts.combined, "the combined score (stage combine)")
     if not attrs.get("method"):
         return None
+    if head_sha256 is not None and attrs.get("head_sha256") not in (None, head_sha256):
+        raise NoTrainedRun(MIXED_RUN.format(newer=artifacts.head, older=artifacts.combined))
     group = open_zarr(artifacts.combined, "the combined score (stage combine)")
     name, representation = attrs["detector"], attrs["representation"]
     settings = PosthocSettings(**attrs["settings"])
@@ -178,11 +227,15 @@ class TrainedDetector:
         thresholds, attrs = _scores_attrs(artifacts.dmr_scores, "DMR's scores (stage eval)")
         threshold = _pick(thresholds, keep, artifacts.dmr_scores)
         try:
-            classifier = load_classifier(artifacts.classifier)
-            head, feature = load_head(artifacts.head)
+            # the head says which layer of F it reads: F is built as it was when the head was trained
+            loaded = load_head(artifacts.head)
+            classifier, classifier_sha256 = load_classifier_with_digest(artifacts.classifier, loaded.feature_layer)
         except CheckpointError as err:
             raise NoTrainedRun(str(err)) from None
-        combined = load_combined(classifier, artifacts, device) if with_combined else None
+        head, feature = loaded.head, loaded.feature
+        check_one_version(loaded, classifier_sha256, artifacts, attrs)
+        check_head_fits(classifier, loaded, artifacts)
+        combined = load_combined(classifier, artifacts, device, loaded.sha256) if with_combined else None
         if combined is not None:
             _pick(combined.thresholds, keep, artifacts.combined)
         dmr_summary = (_summary(open_zarr(artifacts.dmr_scores, "DMR's scores (stage eval)"), attrs)
@@ -221,6 +274,17 @@ class TrainedDetector:
             out.update(combined_score=combined, combined_is_ood=is_ood(combined, self.combined_threshold))
         out["is_ood"] = out["combined_is_ood" if self.decision == "combined" else "dmr_is_ood"]
         return out
+
+    def pytorch_ood_detector(self) -> CombinedDetector:
+        """The run's combined score as a pytorch-ood ``Detector`` (``predict(images)``; images as uint8 N×H×W×3 or
+        float N×3×H×W in [0, 1]), with the standardisations stage combine fixed: it scores as ``score`` does."""
+        if self.combined is None:
+            raise NoTrainedRun("the run has no combined score (combine.detector: none); DMR alone is "
+                               "DMRDetector (the `detector` attribute)")
+        encoder = representation_encoder(self.classifier, self.combined.detector.representation
+                                         if self.combined.detector.representation != "images" else self.feature,
+                                         batch_size=self.batch_size, device=self.device)
+        return CombinedDetector(self.detector, FittedOnImages(self.combined.detector, encoder), self.combined.combine)
 
     def export_graph(self):
         """This detector (its decision, its share of ID images kept) as the graph ``dmr export`` writes."""

@@ -84,9 +84,13 @@ class DetectorGraph(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         invalid = torch.isnan(x).flatten(1).any(dim=1)
         x = torch.nan_to_num(x, nan=0.0)
-        fmap = self.classifier.feature_map(x).float()
-        penultimate = self.classifier.penultimate(fmap)
-        logits = self.classifier.logits_from_penultimate(penultimate)
+        if self.classifier.reads_pooled_layer():
+            fmap = self.classifier.feature_map(x).float()
+            penultimate = self.classifier.penultimate(fmap)
+            logits = self.classifier.logits_from_penultimate(penultimate)
+        else:  # the head reads another layer (features.layer): that module's output, recorded in the forward pass
+            found = self.classifier.representations(x)
+            fmap, penultimate, logits = (found[k].float() for k in ("feature_map", "penultimate", "logits"))
         representations = {"feature_map": fmap.half().float().flatten(1),  # as extract_features stores it
                            "penultimate": penultimate, "logits": logits}
         dmr = self.head(representations[self.feature]).squeeze(1)

@@ -3,8 +3,9 @@ brought to the pipeline's 32×32 RGB.
 
 Every file is tried as an image by its content, whatever its name; one that cannot be read is reported with the
 reason, never fatal, so one bad file does not stop the scoring of a folder. Tar members are read in memory, never
-extracted; members and images too large to be real are refused before they are read or decoded, with the caps
-the data stage uses.
+extracted; members and images too large to be real, and members whose names point outside the archive, are refused
+before they are read or decoded, by the rules and caps the data stage uses. Inputs are read as a stream, so a
+folder or archive of any size is scored in constant memory.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.sources import IMAGE_SIZE, MAX_MEMBER_BYTES
+from ..data.sources import IMAGE_SIZE, MAX_MEMBER_BYTES, member_path_problem
 from ..data.sources import decode_image as decode_pipeline_image
 from ..errors import DataError
 
@@ -41,90 +42,111 @@ def decode_image(payload: bytes) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Item:
-    """One thing to score: ``name`` as reported (``archive.tar:member`` for a tar member), the file, the member
-    (its header, read when the archive was listed), or why it cannot be read at all."""
-
-    name: str
-    file: Path
-    member: tarfile.TarInfo | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
 class Decoded:
-    """An item and its 32×32 image, or why it has none."""
+    """One thing scored: ``name`` as reported (``archive.tar:member`` for a tar member) and its 32×32 image, or
+    why it has none."""
 
     name: str
     image: np.ndarray | None
     error: str | None = None
 
 
-def is_archive(path: Path) -> bool:
-    return path.name.lower().endswith(TAR_SUFFIXES)
+def is_archive(path: Path | str) -> bool:
+    return os.path.basename(path).lower().endswith(TAR_SUFFIXES)
 
 
-def _archive_items(archive: Path) -> list[Item]:
-    """One item per regular member, or one unreadable item for an archive that cannot be listed."""
+def check_inputs(inputs: Iterable[Path]) -> list[Path]:
+    """The inputs as paths; one that does not exist is a :class:`DataError` (a typo, not a bad file), raised before
+    any image is read."""
+    paths = [Path(path) for path in inputs]
+    for path in paths:
+        if not path.exists():
+            raise DataError(f"{path}: no such file or folder")
+    return paths
+
+
+def _files(path: Path) -> Iterator[str | Decoded]:
+    """A file itself, or a folder's files, recursively, in the order the file system lists them (subfolders entered
+    as they are met): only the open listings of the current branch are held, so a folder of a million files costs
+    what a folder of ten does. (A sorted walk would hold every name of a folder; rows carry their path, so sort the
+    output if order matters.) Names stay strings: pathlib interns every part of every path it parses, for the life
+    of the process. Links to folders are not followed (as os.walk does not), so a link loop cannot recurse; a folder
+    that cannot be listed is a row saying so."""
+    if path.is_dir():
+        yield from _walk(str(path))
+    else:
+        yield str(path)
+
+
+def _walk(folder: str) -> Iterator[str | Decoded]:
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    yield from _walk(entry.path)
+                elif entry.is_symlink() and entry.is_dir():
+                    yield Decoded(entry.path, None, "a link to a folder, not followed")
+                else:
+                    yield entry.path
+    except OSError as err:
+        yield Decoded(folder, None, f"folder cannot be listed ({err.strerror or err})")
+
+
+def _read_file(file: str) -> Decoded:
+    try:
+        size = os.stat(file).st_size
+        if size > MAX_MEMBER_BYTES:
+            raise UnreadableImage(f"too large ({size} bytes)")
+        with open(file, "rb") as handle:
+            return Decoded(file, decode_image(handle.read()))
+    except UnreadableImage as err:
+        return Decoded(file, None, str(err))
+    except OSError as err:
+        return Decoded(file, None, f"cannot be read ({err.strerror or err})")
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str) -> Decoded:
+    try:
+        problem = member_path_problem(member.name)
+        if problem is not None:
+            raise UnreadableImage(f"not read: {problem}")
+        if member.size > MAX_MEMBER_BYTES:
+            raise UnreadableImage(f"too large ({member.size} bytes)")
+        handle = tar.extractfile(member)
+        if handle is None:
+            raise UnreadableImage("not a regular file")
+        return Decoded(name, decode_image(handle.read()))
+    except UnreadableImage as err:
+        return Decoded(name, None, str(err))
+    except (tarfile.TarError, EOFError, OSError) as err:  # the archive then ends with a row of its own
+        return Decoded(name, None, f"cannot be read ({getattr(err, 'strerror', None) or err})")
+
+
+def _read_archive(archive: Path) -> Iterator[Decoded]:
+    """Each regular member in archive order, decoded as it is met; an archive that cannot be read (or stops being
+    readable part-way) is one row saying so, after the members read before it."""
     try:
         with tarfile.open(archive) as tar:
-            return [Item(f"{archive}:{m.name}", archive, m) for m in tar if m.isfile()]
+            while (member := tar.next()) is not None:
+                # tarfile keeps every header it has read (for getmembers); dropping them keeps the memory of a
+                # 100,000-member archive that of one member
+                tar.members.clear()
+                if member.isfile():
+                    yield _read_member(tar, member, f"{archive}:{member.name}")
     except (tarfile.TarError, EOFError, OSError) as err:
-        return [Item(str(archive), archive, error=f"not a readable tar archive ({err})")]
+        yield Decoded(str(archive), None, f"not a readable tar archive ({err})")
 
 
-def list_items(inputs: Iterable[Path]) -> list[Item]:
-    """Every item the inputs name, in order: files as given, folders walked recursively in sorted order, tar
-    archives member by member. A path that does not exist is a :class:`DataError` (a typo, not a bad file)."""
-    items: list[Item] = []
-    for path in map(Path, inputs):
-        if path.is_dir():
-            files = sorted(Path(folder, name) for folder, _, names in os.walk(path) for name in names)
-        elif path.exists():
-            files = [path]
-        else:
-            raise DataError(f"{path}: no such file or folder")
-        for file in files:
-            items.extend(_archive_items(file) if is_archive(file) else [Item(str(file), file)])
-    return items
-
-
-def _read_file(file: Path) -> bytes:
-    size = file.stat().st_size
-    if size > MAX_MEMBER_BYTES:
-        raise UnreadableImage(f"too large ({size} bytes)")
-    return file.read_bytes()
-
-
-def read_items(items: Iterable[Item]) -> Iterator[Decoded]:
-    """Decode each item; an archive stays open while its members are read in a row."""
-    open_archive: tuple[Path, tarfile.TarFile] | None = None
-    try:
-        for item in items:
-            try:
-                if item.error is not None:
-                    raise UnreadableImage(item.error)
-                if item.member is None:
-                    image = decode_image(_read_file(item.file))
-                else:
-                    if open_archive is None or open_archive[0] != item.file:
-                        if open_archive is not None:
-                            open_archive[1].close()
-                        open_archive = (item.file, tarfile.open(item.file))  # noqa: SIM115 -- closed below
-                    if item.member.size > MAX_MEMBER_BYTES:
-                        raise UnreadableImage(f"too large ({item.member.size} bytes)")
-                    # the header read while listing locates the member's data in this handle of the same file
-                    handle = open_archive[1].extractfile(item.member)
-                    if handle is None:
-                        raise UnreadableImage("not a regular file")
-                    image = decode_image(handle.read())
-            except UnreadableImage as err:
-                yield Decoded(item.name, None, str(err))
-            except (tarfile.TarError, EOFError, OSError) as err:
-                yield Decoded(item.name, None, f"cannot be read ({getattr(err, 'strerror', None) or err})")
+def read_inputs(inputs: Iterable[Path]) -> Iterator[Decoded]:
+    """Every image the inputs name, decoded one at a time in order (files as given, folders walked recursively in
+    the file system's order, tar archives member by member): memory does not grow with the number of images."""
+    for path in inputs:
+        for file in _files(Path(path)):
+            if isinstance(file, Decoded):
+                yield file
+            elif is_archive(file):
+                yield from _read_archive(file)
             else:
-                assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
-                yield Decoded(item.name, image)
-    finally:
-        if open_archive is not None:
-            open_archive[1].close()
+                decoded = _read_file(file)
+                assert decoded.image is None or decoded.image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+                yield decoded

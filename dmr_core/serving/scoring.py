@@ -1,4 +1,5 @@
-"""Scoring new images in batches with a trained (or exported) detector, and writing the per-image results.
+"""Scoring new images in batches with a trained (or exported) detector, writing the per-image results as they are
+scored.
 
 One row per item: ``path`` (``archive.tar:member`` for tar members), ``predicted_class`` (the class name, or its
 index when the run has no names), ``confidence`` (max softmax), ``is_ood`` (the decision of the chosen detector at
@@ -6,21 +7,30 @@ the chosen share of ID images kept), ``dmr_score`` and ``dmr_is_ood``, ``combine
 when the detector has a combined score, and ``error``: why an item could not be read (then every other field is
 empty). The summary counts per folder (or archive) too. A file that is not an image is a row with an error, not
 a failure: one bad file does not stop a folder.
+
+Rows stream: images are read one at a time, scored a batch at a time, and each batch's rows are written (to the
+CSV or JSON file, or the terminal) before the next batch is read, so memory does not grow with the number of
+images; only the counts are kept. A file output is written under a temporary name and moved into place at the end,
+so a failure leaves no partial file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 from tqdm import tqdm
 
-from ..data.artifacts import atomic_output, write_json
+from ..data.artifacts import atomic_output
 from ..errors import DataError
-from .inputs import TAR_SUFFIXES, Item, read_items
+from .inputs import TAR_SUFFIXES, Decoded
 
 OUTPUT_FORMATS = (".csv", ".json")
 
@@ -36,52 +46,53 @@ class Scorer(Protocol):
     def describe(self) -> dict: ...
 
 
+def columns_of(model: dict) -> list[str]:
+    combined = ["combined_score", "combined_is_ood"] if model.get("combined") else []
+    return ["path", "predicted_class", "confidence", "is_ood", "dmr_score", "dmr_is_ood", *combined, "error"]
+
+
+def folder_of(name: str) -> str:
+    """The folder (or ``archive.tar``) an item's reported name lies in (by os.path: pathlib would intern the name
+    for the life of the process)."""
+    if ":" in name and not os.path.exists(name):
+        archive = name.split(":", 1)[0]
+        if archive.lower().endswith(TAR_SUFFIXES):
+            return archive
+    return os.path.dirname(name) or "."
+
+
 @dataclass
-class ScoreReport:
-    """Every row, the counts of the summary, and what decided the outputs (thresholds, class names)."""
+class ScoreCounts:
+    """The summary of a scoring run, counted as rows pass: scored, OOD by each detector, unreadable, per folder."""
 
-    rows: list[dict] = field(default_factory=list)
-    model: dict = field(default_factory=dict)
+    model: dict
+    scored: int = 0
+    ood: int = 0
+    dmr_ood: int = 0
+    combined: int = 0
+    unreadable: int = 0
+    per_folder: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def columns(self) -> list[str]:
-        combined = ["combined_score", "combined_is_ood"] if self.model.get("combined") else []
-        return ["path", "predicted_class", "confidence", "is_ood", "dmr_score", "dmr_is_ood", *combined, "error"]
-
-    @property
-    def scored(self) -> int:
-        return sum(row["error"] is None for row in self.rows)
-
-    @property
-    def unreadable(self) -> int:
-        return len(self.rows) - self.scored
-
-    def _count(self, column: str) -> int:
-        return sum(bool(row[column]) for row in self.rows if row["error"] is None)
-
-    @property
-    def ood(self) -> int:
-        return self._count("is_ood")
+    def add(self, row: dict) -> None:
+        entry = self.per_folder.setdefault(folder_of(row["path"]), {"scored": 0, "ood": 0, "unreadable": 0})
+        if row["error"] is not None:
+            self.unreadable += 1
+            entry["unreadable"] += 1
+            return
+        self.scored += 1
+        entry["scored"] += 1
+        self.ood += bool(row["is_ood"])
+        entry["ood"] += bool(row["is_ood"])
+        self.dmr_ood += bool(row["dmr_is_ood"])
+        self.combined += bool(row.get("combined_is_ood"))
 
     @property
     def combined_ood(self) -> int | None:
-        return self._count("combined_is_ood") if self.model.get("combined") else None
-
-    def folders(self) -> dict[str, dict[str, int]]:
-        """{folder or archive: its scored, OOD and unreadable counts}, in the order first met."""
-        counts: dict[str, dict[str, int]] = {}
-        for row in self.rows:
-            folder = folder_of(row["path"])
-            entry = counts.setdefault(folder, {"scored": 0, "ood": 0, "unreadable": 0})
-            if row["error"] is not None:
-                entry["unreadable"] += 1
-            else:
-                entry["scored"] += 1
-                entry["ood"] += bool(row["is_ood"])
-        return counts
+        return self.combined if self.model.get("combined") else None
 
     def summary(self) -> dict:
-        return {"scored": self.scored, "ood": self.ood, "dmr_ood": self._count("dmr_is_ood"),
-                "combined_ood": self.combined_ood, "unreadable": self.unreadable, "folders": self.folders()}
+        return {"scored": self.scored, "ood": self.ood, "dmr_ood": self.dmr_ood, "combined_ood": self.combined_ood,
+                "unreadable": self.unreadable, "folders": self.per_folder}
 
     def decided_by(self) -> str:
         model = self.model
@@ -95,89 +106,164 @@ class ScoreReport:
         if self.model.get("decision_reason"):
             line += f" [{self.model['decision_reason']}]"
         if self.model.get("decision") == "combined":
-            line += f"; DMR alone: {self._count('dmr_is_ood')}"
+            line += f"; DMR alone: {self.dmr_ood}"
         elif self.combined_ood is not None:
             line += f"; {self.model['combined']['method']}: {self.combined_ood}"
         return line + f"; {self.unreadable} unreadable"
 
 
-def folder_of(name: str) -> str:
-    """The folder (or ``archive.tar``) an item's reported name lies in."""
-    if ":" in name and not Path(name).exists():
-        archive = name.split(":", 1)[0]
-        if archive.lower().endswith(TAR_SUFFIXES):
-            return archive
-    return str(Path(name).parent)
+class RowSink(AbstractContextManager):
+    """Where rows go, a batch at a time; ``finish(counts)`` once every row is written."""
+
+    def write(self, rows: list[dict]) -> None: ...
+
+    def finish(self, counts: ScoreCounts) -> None: ...
+
+
+class CsvSink(RowSink):
+    """Rows as CSV (pandas; empty fields for unreadable items)."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path, self.columns, self._stack = path, columns, ExitStack()
+        self._header = True
+
+    def __enter__(self) -> CsvSink:
+        tmp = self._stack.enter_context(atomic_output(self.path))
+        self.handle: TextIO = self._stack.enter_context(open(tmp, "w", newline="", encoding="utf-8"))
+        return self
+
+    def write(self, rows: list[dict]) -> None:
+        import pandas as pd
+
+        pd.DataFrame(rows, columns=self.columns).to_csv(self.handle, header=self._header, index=False)
+        self._header = False
+
+    def finish(self, counts: ScoreCounts) -> None:
+        if self._header:  # no row at all: the header alone
+            self.write([])
+
+    def __exit__(self, *exc) -> bool:
+        self.handle.flush()
+        return self._stack.__exit__(*exc)
+
+
+class JsonSink(RowSink):
+    """``{"model": …, "images": [rows…], "summary": …}``: one row per line, the summary last, once it is known."""
+
+    def __init__(self, path: Path, model: dict) -> None:
+        self.path, self.model, self._stack, self._first = path, model, ExitStack(), True
+
+    def __enter__(self) -> JsonSink:
+        tmp = self._stack.enter_context(atomic_output(self.path))
+        self.handle: TextIO = self._stack.enter_context(open(tmp, "w", encoding="utf-8"))
+        self.handle.write('{\n"model": ' + json.dumps(self.model) + ',\n"images": [')
+        return self
+
+    def write(self, rows: list[dict]) -> None:
+        for row in rows:
+            self.handle.write(("\n" if self._first else ",\n") + json.dumps(row))
+            self._first = False
+
+    def finish(self, counts: ScoreCounts) -> None:
+        self.handle.write('\n],\n"summary": ' + json.dumps(counts.summary(), indent=2) + "\n}\n")
+
+    def __exit__(self, *exc) -> bool:
+        return self._stack.__exit__(*exc)
+
+
+class TableSink(RowSink):
+    """Rows as a fixed-width text table, printed a batch at a time (the widths are fixed by the first batch)."""
+
+    def __init__(self, columns: list[str], stream: TextIO | None = None) -> None:
+        self.columns, self.stream, self.widths = columns, stream or sys.stdout, None
+
+    def __enter__(self) -> TableSink:
+        return self
+
+    def write(self, rows: list[dict]) -> None:
+        cells = [[_cell(row[c]) for c in self.columns] for row in rows]
+        lines = []
+        if self.widths is None:
+            self.widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(self.columns)]
+            lines.append("  ".join(c.ljust(w) for c, w in zip(self.columns, self.widths)).rstrip())
+        lines += ["  ".join(v.ljust(w) for v, w in zip(r, self.widths)).rstrip() for r in cells]
+        if lines:
+            self.stream.write("\n".join(lines) + "\n")
+
+    def finish(self, counts: ScoreCounts) -> None:
+        if self.widths is None:
+            self.write([])
+
+    def __exit__(self, *exc) -> bool:
+        self.stream.flush()
+        return False
+
+
+def check_output(path: Path) -> None:
+    """Refuse an output file whose format is unknown, or whose folder cannot be written, before any image is
+    scored."""
+    if path.suffix.lower() not in OUTPUT_FORMATS:
+        raise DataError(f"{path}: unknown output format {path.suffix or '(no suffix)'!r}; name a .csv or .json file")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; name a .csv or .json file to write")
+
+
+def sink_for(out: Path | None, model: dict, stream: TextIO | None = None) -> RowSink:
+    """The sink of ``--out``: a CSV or JSON file by its suffix, else the terminal table."""
+    columns = columns_of(model)
+    if out is None:
+        return TableSink(columns, stream)
+    check_output(out)
+    return JsonSink(out, model) if out.suffix.lower() == ".json" else CsvSink(out, columns)
 
 
 def _class_name(index: int, names: list[str] | None) -> str:
     return names[index] if names and 0 <= index < len(names) else str(index)
 
 
-def score_items(detector: Scorer, items: list[Item], batch_size: int = 500, progress: bool = True,
-                on_unreadable: Callable[[str, str], None] | None = None) -> ScoreReport:
-    """Decode and score every item, ``batch_size`` images at a time, in input order; ``on_unreadable(name, why)``
-    is told of each item that cannot be read as it is met."""
-    report = ScoreReport(model=detector.describe())
-    pending: list[tuple[dict, np.ndarray]] = []
-    columns = report.columns()
+def score_stream(detector: Scorer, decoded: Iterable[Decoded], sink: RowSink, batch_size: int = 500,
+                 progress: bool = True, on_unreadable: Callable[[str, str], None] | None = None) -> ScoreCounts:
+    """Score every decoded item ``batch_size`` images at a time, in input order, writing each batch's rows to
+    ``sink`` (an entered one) before reading on; ``on_unreadable(name, why)`` is told of each item that cannot be
+    read as it is met. Returns the counts; the sink is finished."""
+    model = detector.describe()
+    counts = ScoreCounts(model)
+    columns = columns_of(model)
+    rows: list[dict] = []
+    images: list[np.ndarray] = []
+    pending: list[dict] = []
 
     def flush() -> None:
-        if not pending:
-            return
-        scores = detector.score(np.stack([image for _, image in pending]))
-        for i, (row, _) in enumerate(pending):
-            row.update(predicted_class=_class_name(int(scores["predicted"][i]), detector.class_names),
-                       confidence=float(scores["confidence"][i]), is_ood=bool(scores["is_ood"][i]),
-                       dmr_score=float(scores["dmr_score"][i]), dmr_is_ood=bool(scores["dmr_is_ood"][i]))
-            if "combined_score" in columns:
-                row.update(combined_score=float(scores["combined_score"][i]),
-                           combined_is_ood=bool(scores["combined_is_ood"][i]))
-        pending.clear()
+        if pending:
+            scores = detector.score(np.stack(images))
+            for i, row in enumerate(pending):
+                row.update(predicted_class=_class_name(int(scores["predicted"][i]), detector.class_names),
+                           confidence=float(scores["confidence"][i]), is_ood=bool(scores["is_ood"][i]),
+                           dmr_score=float(scores["dmr_score"][i]), dmr_is_ood=bool(scores["dmr_is_ood"][i]))
+                if "combined_score" in columns:
+                    row.update(combined_score=float(scores["combined_score"][i]),
+                               combined_is_ood=bool(scores["combined_is_ood"][i]))
+        for row in rows:
+            counts.add(row)
+        sink.write(rows)
+        rows.clear(), images.clear(), pending.clear()
 
-    for decoded in tqdm(read_items(items), total=len(items), desc="scoring", unit="image", disable=not progress):
+    for item in tqdm(decoded, desc="scoring", unit="image", disable=not progress):
         row = dict.fromkeys(columns)
-        row["path"] = decoded.name
-        report.rows.append(row)
-        if decoded.error is not None:
-            row["error"] = decoded.error
+        row["path"] = item.name
+        rows.append(row)
+        if item.error is not None:
+            row["error"] = item.error
             if on_unreadable is not None:
-                on_unreadable(decoded.name, decoded.error)
-            continue
-        pending.append((row, decoded.image))
-        if len(pending) >= batch_size:
+                on_unreadable(item.name, item.error)
+        else:
+            pending.append(row)
+            images.append(item.image)
+        if len(pending) >= batch_size or len(rows) >= 4 * batch_size:
             flush()
     flush()
-    return report
-
-
-def check_output(path: Path) -> None:
-    """Refuse an output file whose format is unknown before any image is scored."""
-    if path.suffix.lower() not in OUTPUT_FORMATS:
-        raise DataError(f"{path}: unknown output format {path.suffix or '(no suffix)'!r}; name a .csv or .json file")
-
-
-def write_report(report: ScoreReport, path: Path) -> None:
-    """The rows as CSV (pandas; empty fields for unreadable items) or as JSON with the summary and what decided
-    the outputs, chosen by the suffix; written atomically, so a failure leaves no partial file."""
-    check_output(path)
-    if path.suffix.lower() == ".json":
-        write_json(path, {"model": report.model, "summary": report.summary(), "images": report.rows})
-        return
-    import pandas as pd
-
-    with atomic_output(path) as tmp:
-        pd.DataFrame(report.rows, columns=report.columns()).to_csv(tmp, index=False)
-
-
-def format_table(report: ScoreReport) -> str:
-    """The rows as a fixed-width text table (for the terminal)."""
-    columns = report.columns()
-    cells = [[_cell(row[c]) for c in columns] for row in report.rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
-    return "\n".join(lines)
+    sink.finish(counts)
+    return counts
 
 
 def _cell(value: Any) -> str:
