@@ -44,6 +44,52 @@ def requested_processes(env: dict[str, str] | None = None) -> int:
     return int(value)
 
 
+# what one CPU rank of a stage needs: the default run's ranks peak near 370 MB RSS (torch, the nets, a batch); the
+# margin covers the larger Table 5 nets. Used only to cap DMR_NPROC, never to size work.
+RANK_MEMORY_BYTES = 512 * 2**20
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or ``taskset`` narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def available_memory(meminfo: str = "/proc/meminfo", cgroup: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes of memory new processes can take without swapping: the kernel's ``MemAvailable``, lowered to what is
+    left under this cgroup's limit (``memory.max`` less ``memory.current``) where there is one; None when neither
+    can be read (not Linux)."""
+    known = []
+    try:
+        with open(meminfo) as lines:
+            known += [int(line.split()[1]) * 1024 for line in lines if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(os.path.join(cgroup, "memory.max")) as limit, open(os.path.join(cgroup, "memory.current")) as used:
+            ceiling = limit.read().strip()
+            if ceiling != "max":
+                known.append(max(0, int(ceiling) - int(used.read().strip())))
+    except (OSError, ValueError):
+        pass
+    return min(known) if known else None
+
+
+def check_process_count(nproc: int, cores: int | None = None, memory: int | None = None,
+                        rank_memory: int = RANK_MEMORY_BYTES) -> None:
+    """Refuse, before any process starts, a process count this machine cannot run: more ranks than cores (they
+    would only take turns, each holding its own memory) or than the available memory holds at ``rank_memory``
+    each (the kernel's OOM killer would end the stage without a word)."""
+    cores = usable_cores() if cores is None else cores
+    memory = available_memory() if memory is None else memory
+    by_memory = max(1, memory // rank_memory) if memory is not None else nproc
+    limit = min(cores, by_memory)
+    if nproc > limit:
+        memory_text = f"{memory / 2**30:.1f} GiB of available memory" if memory is not None else "unknown memory"
+        raise ValueError(f"{NPROC_ENV}={nproc} is more processes than this machine can run: {cores} cores and "
+                         f"{memory_text} (a rank needs about {rank_memory / 2**30:.1f} GiB) allow at most {limit}; "
+                         f"set {NPROC_ENV} to {limit} or less")
+
+
 def is_worker(env: dict[str, str] | None = None) -> bool:
     """Whether this process was started by torchrun (it then holds a rank)."""
     env = os.environ if env is None else env

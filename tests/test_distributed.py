@@ -82,6 +82,38 @@ def test_relaunch_only_when_asked_and_not_yet_a_worker():
                            "-m", "stages.features", "--out", "x"]
 
 
+@pytest.mark.parametrize(("nproc", "cores", "memory", "allowed"), [
+    (2, 2, 23 * 2**30, True), (3, 2, 23 * 2**30, False), (64, 2, 23 * 2**30, False),  # cores bind
+    (4, 16, int(1.2 * 2**30), False), (2, 16, int(1.2 * 2**30), True),               # memory binds
+    (8, 8, None, True),                                                               # memory unknown
+])
+def test_process_count_capped_by_cores_and_memory(nproc, cores, memory, allowed):
+    if allowed:
+        distributed.check_process_count(nproc, cores=cores, memory=memory)
+        return
+    with pytest.raises(ValueError) as refused:
+        distributed.check_process_count(nproc, cores=cores, memory=memory)
+    message = str(refused.value)
+    limit = min(cores, max(1, memory // distributed.RANK_MEMORY_BYTES))
+    assert f"DMR_NPROC={nproc} " in message and f"{cores} cores" in message
+    assert "GiB of available memory" in message
+    assert message.endswith(f"set DMR_NPROC to {limit} or less") and "\n" not in message
+
+
+def test_available_memory_is_the_lower_of_the_kernel_and_the_cgroup(tmp_path):
+    (tmp_path / "meminfo").write_text("MemTotal:  24000000 kB\nMemAvailable:  8000000 kB\n")
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    assert distributed.available_memory(tmp_path / "meminfo", cgroup) == 8000000 * 1024  # no limit file
+    (cgroup / "memory.max").write_text("max\n")
+    (cgroup / "memory.current").write_text("100\n")
+    assert distributed.available_memory(tmp_path / "meminfo", cgroup) == 8000000 * 1024
+    (cgroup / "memory.max").write_text(f"{3 * 2**30}\n")
+    (cgroup / "memory.current").write_text(f"{2**30}\n")
+    assert distributed.available_memory(tmp_path / "meminfo", cgroup) == 2 * 2**30
+    assert distributed.available_memory(tmp_path / "none", tmp_path / "none") is None
+
+
 def test_one_process_runs_no_process_group():
     with process_group():
         assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main()
@@ -239,6 +271,26 @@ def test_features_stage_with_two_processes_equals_one(tmp_path):
     assert not (tmp_path / "three.zarr").exists()
 
 
+def _features_project(tmp_path: Path, train_images: int) -> dict[str, str]:
+    """A project in ``tmp_path`` for stage features (random ID sets, an untrained resnet20); returns the
+    environment that runs it in 2 torchrun workers."""
+    from dmr_core.data.artifacts import save_zarr
+    from dmr_core.data.layout import write_sets_index
+    from dmr_core.nets.classifier import save_classifier
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    datasets, rng = tmp_path / "datasets", np.random.default_rng(0)
+    classes = [f"c{i}" for i in range(10)]
+    for name, n in [("id_train", train_images), ("id_test", 8)]:
+        save_zarr(datasets / f"{name}.zarr", {"images": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                                              "labels": np.arange(n) % 10}, attrs={"class_names": classes})
+    write_sets_index(datasets, classes, [])
+    torch.manual_seed(0)
+    save_classifier(build_classifier("resnet20"), "resnet20", tmp_path / "classifier.pt", class_names=classes)
+    return {**os.environ, "DMR_NPROC": "2", "DMR_DEVICE": "cpu",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
 def test_interrupted_relaunched_stage_says_so_once_and_leaves_no_output(tmp_path):
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) while 2 torchrun workers write the features:
     the stage exits 130 with the one-line interruption notice, and neither the output nor its temporary copy
@@ -247,21 +299,7 @@ def test_interrupted_relaunched_stage_says_so_once_and_leaves_no_output(tmp_path
     import subprocess
     import time
 
-    from dmr_core.data.artifacts import save_zarr
-    from dmr_core.nets.classifier import save_classifier
-    from dmr_core.data.layout import write_sets_index
-
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    datasets, rng = tmp_path / "datasets", np.random.default_rng(0)
-    classes = [f"c{i}" for i in range(10)]
-    for name, n in [("id_train", 6000), ("id_test", 8)]:  # enough images to take several seconds
-        save_zarr(datasets / f"{name}.zarr", {"images": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-                                              "labels": np.arange(n) % 10}, attrs={"class_names": classes})
-    write_sets_index(datasets, classes, [])
-    torch.manual_seed(0)
-    save_classifier(build_classifier("resnet20"), "resnet20", tmp_path / "classifier.pt", class_names=classes)
-    env = {**os.environ, "DMR_NPROC": "2", "DMR_DEVICE": "cpu",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = _features_project(tmp_path, 6000)  # enough images to take several seconds
     process = subprocess.Popen(
         [sys.executable, "-m", "stages.features", "--datasets", "datasets", "--classifier", "classifier.pt",
          "--out", "out.zarr"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -277,3 +315,63 @@ def test_interrupted_relaunched_stage_says_so_once_and_leaves_no_output(tmp_path
     assert "Traceback" not in stderr, stderr[-3000:]
     time.sleep(1)  # workers may still be removing files
     assert not (tmp_path / "out.zarr").exists() and not list(tmp_path.glob(".out.zarr.tmp-*"))
+
+
+def test_more_processes_than_cores_refused_in_one_line_before_any_work(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    too_many = distributed.usable_cores() + 1
+    result = _stage(tmp_path, too_many, "--datasets", "datasets", "--classifier", "classifier.pt",
+                    "--out", "out.zarr")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith(f"error in stage features: DMR_NPROC={too_many} is more processes than"), lines
+    assert "torch.distributed" not in result.stderr and not list(tmp_path.glob("*out.zarr*"))
+
+
+def _processes_in(folder: Path) -> dict[int, str]:
+    """pid → command line of the processes whose working directory is ``folder`` (a stage and its workers)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")) == folder:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+@pytest.mark.parametrize("killed", ["stage", "torchrun", "worker"])
+def test_a_killed_process_leaves_no_worker_running_and_says_so_in_one_line(tmp_path, killed):
+    """SIGKILL (as the kernel's OOM killer sends it) to the stage process, to torchrun, or to one worker while 2
+    torchrun workers write the features: every process of the stage ends within seconds instead of running on
+    orphaned, and where the stage process lives it says what happened in one line."""
+    import subprocess
+    import time
+
+    env = _features_project(tmp_path, 40000)  # a minute of work, so that the workers outlive a kill
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stages.features", "--datasets", "datasets", "--classifier", "classifier.pt",
+         "--out", "out.zarr"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    folder = tmp_path.resolve()
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".out.zarr.tmp-*")) and time.time() < deadline:  # the workers are writing
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    running = _processes_in(folder)
+    torchrun = [pid for pid, command in running.items() if "torch.distributed.run" in command]
+    workers = [pid for pid in running if pid not in torchrun and pid != process.pid]
+    assert len(torchrun) == 1 and len(workers) == 2, running
+    if killed == "stage":
+        process.kill()
+    else:
+        os.kill(torchrun[0] if killed == "torchrun" else workers[-1], 9)
+    _, stderr = process.communicate(timeout=60)
+    deadline = time.time() + 15  # torchrun gives its workers 5 s to stop before it kills them
+    while _processes_in(folder) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _processes_in(folder) == {}
+    if killed != "stage":
+        lines = stderr.strip().splitlines()
+        assert process.returncode != 0 and lines[-1].startswith("error in stage features:"), stderr[-3000:]
+        assert "killed" in lines[-1] and "DMR_NPROC" in lines[-1], lines[-1]

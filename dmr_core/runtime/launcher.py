@@ -4,8 +4,10 @@ failures said once in one line, Ctrl-C waited out."""
 from __future__ import annotations
 
 import codecs
+import ctypes
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ from ..distributed import NPROC_ENV, relaunch_command, threads_per_rank
 
 # what starts a failure report in the stderr of a torchrun run: a rank's one-line error, a Python traceback, or
 # the launcher's own error log (its lines start with E and the date: "E1202 05:50:00.123000 ...")
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 FAILURE_START = re.compile(r"^(?:Traceback|E\d{4} )|error in stage|ChildFailedError")
 
 
@@ -47,7 +50,10 @@ def relaunch(stage: str, module: str, argv: list[str], nproc: int) -> int:
     each, instead of torchrun's traceback of the launcher."""
     # each worker's OpenMP threads: the cores split between the ranks (torchrun would set 1 and warn)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads_per_rank(nproc)))}
-    process = subprocess.Popen(relaunch_command(module, argv, nproc), stderr=subprocess.PIPE, env=env)
+    # torchrun gets SIGTERM when this process ends, however it ends (a kill, the OOM killer): it then stops its
+    # workers, so none runs on orphaned
+    process = subprocess.Popen(relaunch_command(module, argv, nproc), stderr=subprocess.PIPE, env=env,
+                               preexec_fn=lambda: die_with_parent(signal.SIGTERM))
     try:
         seen, held = forward_until_failure(process.stderr, sys.stderr)
         returncode = process.wait()
@@ -68,9 +74,30 @@ def relaunch(stage: str, module: str, argv: list[str], nproc: int) -> int:
         print("\n".join(errors), file=sys.stderr)
         return 1
     sys.stderr.write("\n".join(lines[-40:]) + "\n")
+    if returncode < 0:
+        print(f"error in stage {stage}: torchrun was killed ({signal.Signals(-returncode).name}, most often by the "
+              f"kernel's out-of-memory killer) and its workers stopped with it; run with a lower {NPROC_ENV}",
+              file=sys.stderr)
+        return 1
+    if "SIGKILL" in seen:
+        print(f"error in stage {stage}: a torchrun worker was killed (SIGKILL, most often by the kernel's "
+              f"out-of-memory killer) and the others were stopped; run with a lower {NPROC_ENV}", file=sys.stderr)
+        return returncode or 1
     print(f"error in stage {stage}: a torchrun worker failed (exit {returncode}) with the traceback "
           f"above; run with {NPROC_ENV}=1 to see it alone", file=sys.stderr)
     return returncode or 1
+
+
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """Have the kernel send this process ``signum`` when its parent ends (Linux ``PR_SET_PDEATHSIG``; elsewhere a
+    no-op), and end now if the parent is already gone, so that a worker never outlives the process that started
+    it. Called in a torchrun worker and, for torchrun itself, between fork and exec."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+    if os.getppid() == 1:  # the parent ended before the request was made
+        os.kill(os.getpid(), signum)
 
 
 def _wait_for_interrupted(process: subprocess.Popen, grace: float = 60.0) -> None:

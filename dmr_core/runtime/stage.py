@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import typer
 
-from ..distributed import is_main, process_group, requested_processes, should_relaunch
+from ..distributed import check_process_count, is_main, is_worker, process_group, requested_processes, should_relaunch
 from ..errors import CheckpointError, DataError, NonFiniteLossError, ParamsError
 from ..params import load_params
-from .launcher import relaunch
+from .launcher import die_with_parent, relaunch
 from .os_faults import os_fault_message
 
 EXPECTED_ERRORS = (ParamsError, DataError, CheckpointError, NonFiniteLossError, FileNotFoundError, tarfile.TarError)
@@ -53,6 +53,8 @@ def run(main: Callable[..., None], name: str) -> None:
         stage = f"{name}@{values['variant']}" if "variant" in values else name
         try:
             nproc = requested_processes()
+            if should_relaunch():
+                check_process_count(nproc)
         except ValueError as err:
             print(f"error in stage {stage}: {err}", file=sys.stderr)
             sys.exit(1)
@@ -62,6 +64,8 @@ def run(main: Callable[..., None], name: str) -> None:
             except KeyboardInterrupt:
                 print(f"stage {stage} interrupted; no partial output was kept", file=sys.stderr)
                 sys.exit(130)
+        if is_worker():
+            die_with_parent()  # a worker whose torchrun is gone (killed, out of memory) stops with it
         try:
             with process_group(), quiet_unless_main():
                 main(load_params(), **values)
