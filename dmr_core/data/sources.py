@@ -160,12 +160,59 @@ def _open_header(payload: bytes) -> Image.Image | str:
         return "undecodable"
 
 
+class OutOfRangeImage(ValueError):
+    """An image whose pixel values its mode does not define as intensities (a float image outside [0, 1], an
+    integer one outside 0–65535, a non-finite value)."""
+
+
+# PIL modes that hold one 16-bit unsigned channel, and those that hold transparency
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+
+
+def _gray_to_rgb(gray: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.repeat(gray[..., None], 3, axis=-1), "RGB")
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB, each mode by what its values mean:
+
+    - 16-bit channels (``I;16*``, and ``I``, which holds 16-bit PNG / PGM / TIFF data) scaled by their depth,
+      v · 255 / 65535 rounded (PIL's own ``convert`` clips them to 255, turning a 16-bit image nearly white);
+    - float images (``F``) read as intensities in [0, 1] (PIL's ``convert`` truncates them to 0, black);
+    - transparency (RGBA, LA, PA, a palette or grey image with a transparent colour) composited onto black,
+      i.e. premultiplied, because the colour stored under a transparent pixel is undefined and may be anything
+      (PIL's ``convert`` keeps it); transparent pixels are mostly stored black, so this is usually what dropping
+      alpha gives;
+    - every other mode (L, 1, P, CMYK, YCbCr, …) by PIL's ``convert``.
+
+    Values the mode does not define (``I`` outside 0–65535, ``F`` outside [0, 1] or not finite) raise
+    :class:`OutOfRangeImage`: they are not intensities, and any scaling would be a guess."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise OutOfRangeImage(f"mode {image.mode} values {values.min()}..{values.max()} are not 16-bit")
+        return _gray_to_rgb(((values * 255 + 32767) // 65535).astype(np.uint8))
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+            raise OutOfRangeImage("float image values outside [0, 1]")
+        return _gray_to_rgb(np.rint(values * 255).astype(np.uint8))
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
+        premultiplied = (rgba[..., :3] * rgba[..., 3:] + 127) // 255
+        return Image.fromarray(premultiplied.astype(np.uint8), "RGB")
+    return image.convert("RGB")
+
+
 def fit_image(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
-    """The resize rule every image of the pipeline goes through: converted to RGB, its shorter side resized to
-    ``size`` (bilinear, antialiased), then centre-cropped to ``size`` × ``size``; an RGB image already of that size
-    is kept pixel for pixel. It keeps the aspect ratio, as the usual 32×32 OOD benchmarks were made."""
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    """The resize rule every image of the pipeline goes through: brought to 8-bit RGB by :func:`to_rgb8`, its
+    shorter side resized to ``size`` (bilinear, antialiased), then centre-cropped to ``size`` × ``size``; an RGB
+    image already of that size is kept pixel for pixel. It keeps the aspect ratio, as the usual 32×32 OOD
+    benchmarks were made."""
+    image = to_rgb8(image)
     if image.size != (size, size):
         from torchvision.transforms.v2 import functional as TF  # imported only when needed: it loads torch
 
@@ -194,5 +241,7 @@ def decode_image(payload: bytes, size: int = IMAGE_SIZE) -> tuple[np.ndarray | N
             return fit_image(img, size), changes, None
     except Image.DecompressionBombError:
         return None, [], "too_large"
+    except OutOfRangeImage:
+        return None, [], "out_of_range"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None, [], "undecodable"

@@ -23,7 +23,9 @@ from ..data.sources import decode_image as decode_pipeline_image
 from ..errors import DataError
 
 # the data stage's reasons for skipping an image, as a user reads them
-UNREADABLE_REASONS = {"undecodable": "not an image, or a corrupt one", "too_large": "too large to decode safely"}
+UNREADABLE_REASONS = {"undecodable": "not an image, or a corrupt one", "too_large": "too large to decode safely",
+                      "out_of_range": "pixel values its mode does not define (a float image outside [0, 1], an "
+                                      "integer one above 16 bits)"}
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
