@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .runtime.machine import available_memory, usable_cores
+
 NPROC_ENV = "DMR_NPROC"
 # torchrun sets these in every worker it starts
 _WORKER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -47,31 +49,6 @@ def requested_processes(env: dict[str, str] | None = None) -> int:
 # what one CPU rank of a stage needs: the default run's ranks peak near 370 MB RSS (torch, the nets, a batch); the
 # margin covers the larger Table 5 nets. Used only to cap DMR_NPROC, never to size work.
 RANK_MEMORY_BYTES = 512 * 2**20
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which a container or ``taskset`` narrows)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def available_memory(meminfo: str = "/proc/meminfo", cgroup: str = "/sys/fs/cgroup") -> int | None:
-    """Bytes of memory new processes can take without swapping: the kernel's ``MemAvailable``, lowered to what is
-    left under this cgroup's limit (``memory.max`` less ``memory.current``) where there is one; None when neither
-    can be read (not Linux)."""
-    known = []
-    try:
-        with open(meminfo) as lines:
-            known += [int(line.split()[1]) * 1024 for line in lines if line.startswith("MemAvailable:")]
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        with open(os.path.join(cgroup, "memory.max")) as limit, open(os.path.join(cgroup, "memory.current")) as used:
-            ceiling = limit.read().strip()
-            if ceiling != "max":
-                known.append(max(0, int(ceiling) - int(used.read().strip())))
-    except (OSError, ValueError):
-        pass
-    return min(known) if known else None
 
 
 def check_process_count(nproc: int, cores: int | None = None, memory: int | None = None,

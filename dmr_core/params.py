@@ -44,6 +44,7 @@ from .nets.classifier_base import AUTO_LAYER
 from .nets.features import REPRESENTATIONS
 from .nets.external_generator import ENTRY_POINT
 from .nets.generator import EXTERNAL_KIND, GENERATOR_KINDS
+from .runtime.machine import memory_size
 from .synthesis.detail import DETAIL_KINDS
 from .synthesis.latent_mixing import LAMBDA_DISTRIBUTIONS, METHODS
 from .synthesis.latent_routes import ROUTES
@@ -66,6 +67,33 @@ def _bounded(why: str, **constraints: Any) -> Any:
     """A Field whose range comes from the data, the network or a library rather than taste: ``why`` is added to
     the error message of a value outside it, so the user learns where the bound comes from."""
     return Field(**constraints, json_schema_extra={"bound": why})
+
+
+# What one item of a count or size param takes in memory at least while its stage runs (32×32×3 images)
+_PIXELS = 32 * 32 * 3
+_FLOAT32_IMAGE = (_PIXELS * 4, "a float32 32×32×3 image of the batch")
+_UINT8_IMAGE = (_PIXELS, "a uint8 32×32×3 image, the set held whole")
+_FEATURE_ROW = (4 * 64, "a float32 row of at least 64 features")
+
+
+def _held_in_memory(cost: tuple[int, str], power: int = 1, **constraints: Any) -> Any:
+    """A Field counting things a stage holds in memory at once, ``cost`` = (bytes each at least, as what), or with
+    ``power`` 2 a width whose weights grow as its square: a value that this machine's memory cannot hold is
+    refused before any work (a lower bound, so a value near it may still need more)."""
+    return Field(**constraints, json_schema_extra={"item_bytes": cost[0], "item": cost[1], "power": power})
+
+
+def memory_needed(value: int, extra: dict[str, Any]) -> int:
+    """The least memory ``value`` of a key declared with :func:`_held_in_memory` needs, in bytes."""
+    return value ** extra["power"] * extra["item_bytes"]
+
+
+def _size_text(n: int) -> str:
+    for power, unit in enumerate(("B", "KiB", "MiB", "GiB", "TiB")):
+        if n < 1024 ** (power + 1):
+            return f"{n} B" if power == 0 else f"{n / 1024 ** power:.1f} {unit}"
+    petabytes = n // 1024 ** 5  # integer arithmetic: a value of any size must not overflow a float
+    return f"{petabytes:,} PiB" if petabytes < 10 ** 6 else f"about 10^{len(str(petabytes)) - 1} PiB"
 
 
 Seed = Annotated[int, _bounded(f"a seed is an integer in [0, {MAX_SEED}], what every random generator here accepts",
@@ -104,6 +132,18 @@ class _Section(BaseModel):
                     raise ValueError(f"{item!r} is listed twice; list each item once")
         return value
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _fits_in_memory(cls, value: Any, info: ValidationInfo) -> Any:
+        extra = cls.model_fields[info.field_name].json_schema_extra
+        if isinstance(extra, dict) and "item_bytes" in extra and isinstance(value, int):
+            needed, machine = memory_needed(value, extra), memory_size()
+            if needed > machine:
+                each = "for each" if extra["power"] == 1 else "times its square"
+                raise ValueError(f"needs at least {_size_text(needed)} of memory ({_size_text(extra['item_bytes'])} "
+                                 f"{each}, {extra['item']}) and this machine has {_size_text(machine)}; lower it")
+        return value
+
     def to(self, config_class: type[Config]) -> Config:
         """The library's config dataclass built from this section's keys of the same names."""
         return config_class(**{f.name: getattr(self, f.name) for f in dataclasses.fields(config_class)})
@@ -117,7 +157,8 @@ class DataParams(_Section):
                                                    "Params)")
     test_per_class: int = Field(ge=0)
     ood_max: int = Field(ge=0)
-    gaussian_count: int = Field(ge=1)
+    gaussian_count: int = _held_in_memory((_PIXELS * 8, "a float64 32×32×3 image, as the noise sets are drawn"),
+                                          ge=1)
     ood_encoding: Literal["auto", "none", "jpeg"]
     ood_jpeg_quality: int = Field(ge=1, le=100, description="the JPEG quality of data.ood_encoding: jpeg")
     seed: Seed
@@ -182,7 +223,7 @@ class ClassifierParams(_Section):
     init: Literal["pretrained", "scratch", "checkpoint"]
     checkpoint: str | None
     epochs: int = Field(ge=0)
-    batch_size: int = Field(ge=1)
+    batch_size: int = _held_in_memory(_FLOAT32_IMAGE, ge=1)
     lr: float = Field(gt=0)
     momentum: float = Field(ge=0, lt=1)
     weight_decay: float = Field(ge=0)
@@ -221,10 +262,12 @@ class GeneratorParams(_Section):
     kind: Literal[(*GENERATOR_KINDS, EXTERNAL_KIND)]
     entry_point: str | None = Field(description="package.module:function, with kind: external")
     options: dict[str, OptionValue] = Field(description="keyword arguments for the entry point")
-    latent_dim: int = Field(ge=1)
-    base_channels: int = Field(ge=4)
+    latent_dim: int = _held_in_memory((4 * 4 * 4 * 4, "a float32 column of the decoder's first layer, at least "
+                                                      "4×4×4 values"), ge=1)
+    base_channels: int = _held_in_memory((9 * 4, "a float32 3×3 convolution of that many channels in and out"),
+                                         power=2, ge=4)
     epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    batch_size: int = _held_in_memory(_FLOAT32_IMAGE, ge=1)
     lr: float = Field(gt=0)
     beta_kl: float = Field(ge=0)
     adversarial_weight: float = Field(ge=0)
@@ -244,8 +287,8 @@ class GeneratorParams(_Section):
 
 class LatentsParams(_Section):
     route: Literal[ROUTES]
-    samples_per_class: int = Field(ge=0)
-    batch_size: int = Field(ge=1)
+    samples_per_class: int = _held_in_memory((4, "a float32 value of a sampled latent"), ge=0)
+    batch_size: int = _held_in_memory(_FLOAT32_IMAGE, ge=1)
     seed: Seed
 
 
@@ -260,22 +303,22 @@ class SynthParams(_Section):
     normalise: bool
     detail: Literal[DETAIL_KINDS]
     detail_fraction: float = Field(gt=0, le=1)
-    num_samples: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    num_samples: int = _held_in_memory(_UINT8_IMAGE, ge=1)
+    batch_size: int = _held_in_memory(_FLOAT32_IMAGE, ge=1)
     encoding: Literal["match_id", "none"]
     seed: Seed
 
 
 class FeaturesParams(_Section):
-    batch_size: int = Field(ge=1)
+    batch_size: int = _held_in_memory(_FLOAT32_IMAGE, ge=1)
     layer: str = Field(min_length=1, description="a module of the classifier, or auto (checked in Params)")
 
 
 class HeadParams(_Section):
     feature: Literal[REPRESENTATIONS]
-    hidden: int = Field(ge=1)
+    hidden: int = _held_in_memory(_FEATURE_ROW, ge=1)
     epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    batch_size: int = _held_in_memory(_FEATURE_ROW, ge=1)
     lr: float = Field(gt=0)
     momentum: float = Field(ge=0, lt=1)
     nesterov: bool
@@ -294,7 +337,7 @@ class BaselinesParams(_Section):
     ash_percentile: float = Field(gt=0, lt=1)
     odin_eps: float = Field(ge=0)
     odin_temperature: float = Field(gt=0)
-    batch_size: int = Field(ge=1)
+    batch_size: int = _held_in_memory(_FLOAT32_IMAGE, ge=1)
     reference_images: int = Field(ge=2, description="ID-train images whose scores set each score's scale; at most "
                                                     "the number of ID training images (checked in Params)")
     reference_seed: Seed
@@ -303,7 +346,7 @@ class BaselinesParams(_Section):
                                                 "set (checked in Params)")
     oe_max_outliers: int = Field(ge=0)
     oe_epochs: int = Field(ge=1)
-    oe_batch_size: int = Field(ge=1)
+    oe_batch_size: int = _held_in_memory(_FLOAT32_IMAGE, ge=1)
     oe_lr: float = Field(gt=0)
     oe_alpha: float = Field(gt=0)
     oe_seed: Seed
@@ -334,14 +377,14 @@ class SynthBaselinesParams(_Section):
     lambda_dist: LambdaDistribution
     lambda_min: float = Field(gt=0)
     lambda_max: float = Field(gt=0)
-    num_samples: int = Field(ge=1)
+    num_samples: int = _held_in_memory(_UINT8_IMAGE, ge=1)
     kirby_threshold: float = Field(gt=0, lt=1)
     seed: Seed
 
 
 class EvalParams(_Section):
-    histogram_bins: int = Field(ge=2)
-    roc_points: int = Field(ge=2)
+    histogram_bins: int = _held_in_memory((8, "a float64 bin count"), ge=2)
+    roc_points: int = _held_in_memory((16, "a float64 (FPR, TPR) pair"), ge=2)
     # the shares of ID test images kept at which thresholds are stored (0.95, the default decision, always is)
     keep_rates: list[Annotated[float, Field(gt=0, le=1)]] = Field(min_length=1)
 

@@ -20,6 +20,7 @@ import torch.multiprocessing as mp
 import zarr
 
 from dmr_core import distributed
+from dmr_core.runtime import machine
 from dmr_core.data.artifacts import open_zarr, shared_output, write_zarr_rows
 from dmr_core.distributed import (
     batch_aligned,
@@ -104,14 +105,14 @@ def test_available_memory_is_the_lower_of_the_kernel_and_the_cgroup(tmp_path):
     (tmp_path / "meminfo").write_text("MemTotal:  24000000 kB\nMemAvailable:  8000000 kB\n")
     cgroup = tmp_path / "cgroup"
     cgroup.mkdir()
-    assert distributed.available_memory(tmp_path / "meminfo", cgroup) == 8000000 * 1024  # no limit file
+    assert machine.available_memory(tmp_path / "meminfo", cgroup) == 8000000 * 1024  # no limit file
     (cgroup / "memory.max").write_text("max\n")
     (cgroup / "memory.current").write_text("100\n")
-    assert distributed.available_memory(tmp_path / "meminfo", cgroup) == 8000000 * 1024
+    assert machine.available_memory(tmp_path / "meminfo", cgroup) == 8000000 * 1024
     (cgroup / "memory.max").write_text(f"{3 * 2**30}\n")
     (cgroup / "memory.current").write_text(f"{2**30}\n")
-    assert distributed.available_memory(tmp_path / "meminfo", cgroup) == 2 * 2**30
-    assert distributed.available_memory(tmp_path / "none", tmp_path / "none") is None
+    assert machine.available_memory(tmp_path / "meminfo", cgroup) == 2 * 2**30
+    assert machine.available_memory(tmp_path / "none", tmp_path / "none") is None
 
 
 def test_one_process_runs_no_process_group():
@@ -319,7 +320,7 @@ def test_interrupted_relaunched_stage_says_so_once_and_leaves_no_output(tmp_path
 
 def test_more_processes_than_cores_refused_in_one_line_before_any_work(tmp_path):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    too_many = distributed.usable_cores() + 1
+    too_many = machine.usable_cores() + 1
     result = _stage(tmp_path, too_many, "--datasets", "datasets", "--classifier", "classifier.pt",
                     "--out", "out.zarr")
     lines = result.stderr.strip().splitlines()

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from pydantic.fields import FieldInfo
 
 from dmr_core.data.datasets import OOD_SET_NAMES, is_path_spec, user_path
-from dmr_core.params import Params, ParamsError, parse_params
+from dmr_core.params import Params, ParamsError, memory_needed, parse_params
+from dmr_core.runtime.machine import memory_size
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -295,3 +296,63 @@ def test_number_keys_against_generated_values(case):
 @given(other_cases())
 def test_other_keys_against_generated_values(case):
     check(*case)
+
+
+# --- sizes that memory must hold ----------------------------------------------------------------------------------
+
+def memory_cost(field: FieldInfo) -> dict[str, Any] | None:
+    extra = field.json_schema_extra
+    return extra if isinstance(extra, dict) and "item_bytes" in extra else None
+
+
+# the integer keys whose size no memory bound limits, and what limits them instead
+NOT_MEMORY_BOUNDED = {
+    "seed": "a seed", "reference_seed": "a seed", "oe_seed": "a seed",
+    "epochs": "time, not memory", "oe_epochs": "time, not memory",
+    "adversarial_start_epoch": "an epoch", "perceptual_start_epoch": "an epoch",
+    "train_per_class": "at most the ID set's smallest class", "test_per_class": "at most the ID set's smallest class",
+    "ood_max": "what the OOD sets hold", "oe_max_outliers": "what the outlier set holds",
+    "reference_images": "at most the ID training images", "knn_k": "at most the ID training images",
+    "vim_dim": "below the classifier's penultimate size", "perceptual_images": "at most generator.batch_size",
+    "k": "at most the ID classes", "fixed_k": "capped at the ID classes", "columns": "at most 64",
+    "ood_jpeg_quality": "1 to 100",
+}
+
+
+def test_every_integer_size_is_bounded_by_memory_or_by_something_named():
+    """A new count or size key must say what it costs in memory (or what else bounds it): the class of
+    `data.gaussian_count: 1e10`, which passed validation and ended in a 27.9 TiB allocation."""
+    for section, key, field in KEYS:
+        if field.annotation is int:
+            assert (memory_cost(field) is None) == (key in NOT_MEMORY_BOUNDED), f"{section}.{key}"
+
+
+MEMORY_BOUNDED = [pytest.param(section, key, field, id=f"{section}.{key}")
+                  for section, key, field in KEYS if memory_cost(field)]
+
+
+@pytest.mark.parametrize(("section", "key", "field"), MEMORY_BOUNDED)
+def test_a_size_memory_cannot_hold_is_refused_in_one_line_before_any_work(section, key, field):
+    cost, machine = memory_cost(field), memory_size()
+    largest = 1
+    while memory_needed(largest * 2, cost) <= machine:  # the largest power of two the machine holds
+        largest *= 2
+    too_large = largest * 2
+    while memory_needed(too_large - 1, cost) > machine:  # the smallest value it does not hold
+        too_large = (largest + too_large) // 2 if memory_needed((largest + too_large) // 2, cost) > machine \
+            else too_large - 1
+        largest = min(largest, too_large - 1)
+    raw = copy.deepcopy(DEFAULTS)
+    for value, refused in ((too_large, True), (too_large - 1, False), (10 ** 10, True)):
+        raw[section][key] = value
+        if not refused and not memory_needed(value, cost) <= machine:
+            continue
+        try:
+            parse_params(raw)
+            message = ""
+        except ParamsError as err:
+            message = str(err)
+        assert ("of memory" in message) == refused, (value, message)
+        if refused:
+            assert message.startswith(f"invalid params: {section}.{key} = ") and "\n" not in message, message
+            assert "this machine has" in message and message.endswith("; lower it"), message
