@@ -192,7 +192,9 @@ def _free_port() -> int:
 def run_two_ranks(scenario: str, tmp: Path):
     tmp.mkdir(parents=True, exist_ok=True)
     mp.spawn(_rank, args=(2, _free_port(), scenario, str(tmp)), nprocs=2, join=True)
-    return torch.load(tmp / "result.pt", weights_only=False) if scenario != "features" else (tmp / "features.zarr", None)
+    if scenario == "features":
+        return tmp / "features.zarr", None
+    return torch.load(tmp / "result.pt", weights_only=False)
 
 
 def _stored(root: Path) -> dict[str, bytes]:
