@@ -1,6 +1,7 @@
 """Stage data: the ID train/test splits and every OOD test set → uint8 zarr image sets (N×32×32×3), and what was
 read from where. Each OOD set is passed through the ID data's encoding (data.ood_encoding) and, when one was applied,
-also kept as stored under ``<name>.as_stored``."""
+also kept as stored under ``<name>.as_stored``. Every test set counts each image once, and none holds an image of the
+other side (no ID image in an OOD set, no training image in the ID test split)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 from dmr_core.data.artifacts import atomic_output, save_zarr, write_json
 from dmr_core.data.datasets import ImageSet, load_id_split, load_ood_set, select_ood_sets, set_name
 from dmr_core.data.encoding import as_stored_name, describe_encoding, jpeg_round_trip, resolve_encoding
-from dmr_core.params import Params
-
 from dmr_core.data.layout import id_split_path, ood_set_path, write_sets_index
+from dmr_core.data.test_sets import refuse_shared_images, without_repeats
+from dmr_core.params import Params
 from dmr_core.runtime.stage import run
 
 
@@ -36,13 +37,19 @@ def main(params: Params, out: Path, metrics: Path) -> None:
                      "ood_suite": {"asked": selection.asked, "used": selection.suite}}
     with atomic_output(out) as tmp:
         class_names: list[str] = []
+        id_images = {}
         for split, per_class in (("train", p.train_per_class), ("test", p.test_per_class)):
             image_set = load_id_split(p.id_set, split, per_class=per_class, seed=p.seed)
+            if split == "test":
+                image_set = without_repeats(image_set)
+                refuse_shared_images({"": image_set.images}, {"id_train": id_train.images}, "the ID test split",
+                                     "a test split must hold no training image: remove them from one of the splits")
             _save(image_set, id_split_path(tmp, split), f"id_{split}")
             summary[f"id_{split}"] = _summary(image_set)
             class_names = image_set.class_names
             if split == "train":
                 id_train = image_set
+            id_images[f"id_{split}"] = image_set.images
         summary["classes"] = len(class_names)
         id_encoding = id_train.encoding
         encoding = resolve_encoding(p.ood_encoding, id_encoding, p.ood_jpeg_quality)
@@ -52,11 +59,17 @@ def main(params: Params, out: Path, metrics: Path) -> None:
         names, as_stored = [], []
         for spec in selection.sets:
             name = set_name(spec)
-            image_set = load_ood_set(spec, max_images=p.ood_max, seed=p.seed, gaussian_count=p.gaussian_count)
+            image_set = without_repeats(load_ood_set(spec, max_images=p.ood_max, seed=p.seed,
+                                                     gaussian_count=p.gaussian_count))
+            forms = {"as stored": image_set.images}
+            if encoding is not None:
+                forms["passed through the ID encoding"] = jpeg_round_trip(image_set.images, encoding)
+            refuse_shared_images(forms, id_images, f"OOD set {name}",
+                                 "an OOD set must hold no image of the ID data: remove them from it")
             if encoding is None:
                 _save(image_set, ood_set_path(tmp, name), "ood_test")
             else:
-                _save(image_set, ood_set_path(tmp, name), "ood_test", jpeg_round_trip(image_set.images, encoding),
+                _save(image_set, ood_set_path(tmp, name), "ood_test", forms["passed through the ID encoding"],
                       describe_encoding(encoding))
                 _save(image_set, ood_set_path(tmp, as_stored_name(name)), "ood_test")
                 as_stored.append(as_stored_name(name))
