@@ -41,7 +41,7 @@ _WORKER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 def requested_processes(env: dict[str, str] | None = None) -> int:
     """The process count asked for by ``DMR_NPROC`` (default 1); anything else than a positive integer fails."""
     value = (os.environ if env is None else env).get(NPROC_ENV, "1").strip() or "1"
-    if not value.isdigit() or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:  # isdigit alone takes '²', which int() refuses
         raise ValueError(f"{NPROC_ENV}={value!r}: give a positive number of processes (1, the default, runs none)")
     return int(value)
 

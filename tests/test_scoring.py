@@ -1,8 +1,10 @@
 """`dmr score` and `dmr export`: new images scored as the pipeline scores them, on a tiny run built in the test."""
 
+import functools
 import io
 import json
 import tarfile
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -10,6 +12,8 @@ import pytest
 import torch
 import zarr
 from helpers import ROOT
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -44,9 +48,10 @@ def images(n: int, seed: int, bright: bool = False) -> np.ndarray:
     return base.astype(np.uint8)
 
 
-def build_run(root, layer: str = "auto", head_seed: int = 1):
+def build_run(root, layer: str = "auto", head_seed: int = 1, feature: str = "feature_map"):
     """A trained run's artifacts in ``root``, written by the library's save functions and stages eval and combine,
-    its head reading the classifier's module ``layer``: (root, {stage: command}, {set: images})."""
+    its head reading representation ``feature`` (head.feature) with the classifier's module ``layer`` as the
+    feature map (features.layer): (root, {stage: command}, {set: images})."""
     from stages import combine
     from stages import eval as eval_stage
 
@@ -56,7 +61,7 @@ def build_run(root, layer: str = "auto", head_seed: int = 1):
     sets = {"id_train": images(60, 0), "id_test": images(12, 1), "icons": images(12, 2, bright=True)}
     reps = {name: extract_features(classifier, x) for name, x in sets.items()}
     torch.manual_seed(head_seed)
-    save_head(RejectionHead(reps["id_test"]["feature_map"][0].size, 16), "feature_map", root / "head.pt",
+    save_head(RejectionHead(reps["id_test"][feature][0].size, 16), feature, root / "head.pt",
               feature_layer=layer, classifier_sha256=file_sha256(root / "classifier.pt"))
     labels = np.arange(60) % 10
     save_zarr(root / "train.zarr", {"images": sets["id_train"], "labels": labels}, attrs={"class_names": CLASSES})
@@ -569,15 +574,18 @@ def _stored_scores(root) -> tuple[np.ndarray, np.ndarray]:
             zarr.open_group(str(root / "combined.zarr"), mode="r")["id_test"][:])
 
 
-def test_a_head_on_another_layer_is_served_and_exported_as_it_was_trained(tmp_path_factory, monkeypatch):
-    """features.layer: layer2 (a 32×16×16 map, 8192 inputs): the head carries its layer, so `dmr score` and every
-    exported format build F as the head was trained on and reproduce the stored scores."""
+@pytest.mark.parametrize("layer,feature", [("layer2", "feature_map"), ("auto", "penultimate")])
+def test_a_head_on_another_layer_is_served_and_exported_as_it_was_trained(tmp_path_factory, monkeypatch, layer,
+                                                                          feature):
+    """The params that shape the head's input at other values than the defaults: features.layer: layer2 (a
+    32×16×16 map, 8192 inputs), head.feature: penultimate (the 64-vector). The head carries both, so `dmr score`
+    and every exported format build its input as it was trained on and reproduce the stored scores."""
     from dmr_core.serving.detector import TrainedDetector
     from dmr_core.serving.run import run_artifacts
 
-    root, commands, sets = build_run(tmp_path_factory.mktemp("layer2"), layer="layer2")
+    root, commands, sets = build_run(tmp_path_factory.mktemp(f"{layer}-{feature}"), layer=layer, feature=feature)
     dmr, combined = _stored_scores(root)
-    assert json.loads((root / "eval.json").read_text())["feature"] == "feature_map"
+    assert json.loads((root / "eval.json").read_text())["feature"] == feature
     scores = TrainedDetector.load(run_artifacts(commands)).score(sets["id_test"])
     np.testing.assert_allclose(scores["dmr_score"], dmr, rtol=0, atol=1e-4)
     monkeypatch.setattr(cli, "pipeline_commands", lambda: commands)
@@ -653,3 +661,94 @@ def test_a_run_read_mid_update_is_the_old_run_whole_the_new_run_whole_or_one_lin
     save_classifier(tiny_classifier(seed=3), "resnet20", live / "classifier.pt")
     with pytest.raises(NoTrainedRun, match="not one version"):
         TrainedDetector.load(run_artifacts(commands))
+
+
+def _generated_batch(draw) -> tuple[np.ndarray, bool]:
+    """An array a caller might hand an exported file, and whether it meets the uint8 N×32×32×3 contract."""
+    dtype = draw(st.sampled_from([np.uint8, np.float32, np.float64, np.int16, np.int64, np.bool_]))
+    n = draw(st.sampled_from([0, 1, 3]))
+    side = draw(st.sampled_from([32, 32, 31, 33]))
+    channels = draw(st.sampled_from([3, 3, 1, 4]))
+    shape = draw(st.sampled_from([(n, side, side, channels), (n, channels, side, side), (side, side, channels)]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    values = rng.uniform(-0.5, 1.5, shape) * draw(st.sampled_from([1, 255]))
+    if np.issubdtype(dtype, np.floating) and values.size and draw(st.booleans()):
+        values.flat[draw(st.integers(0, values.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    array = np.clip(values, 0, 255).astype(dtype) if dtype == np.uint8 else values.astype(dtype)
+    return array, dtype == np.uint8 and len(shape) == 4 and shape[1:] == (32, 32, 3)
+
+
+@st.composite
+def generated_batches(draw):
+    return _generated_batch(draw)
+
+
+def _float_images(scale: float, nan: bool = False) -> np.ndarray:
+    images = np.random.default_rng(0).uniform(0, 1, (2, 3, 32, 32)).astype(np.float32) * scale
+    if nan:
+        images[1, 0, 5, 5] = np.nan
+    return images
+
+
+@pytest.mark.parametrize("suffix", [".pt2", ".onnx", ".pt"])
+@settings(max_examples=40, deadline=None)
+@given(batch=generated_batches())
+# the cases next to the contract, every run: float N×3×32×32 in [0, 1] (TorchScript's second layout), on the
+# 0-255 scale, with a NaN; uint8 of the wrong layout; an empty batch
+@example(batch=(_float_images(1.0), False))
+@example(batch=(_float_images(255.0), False))
+@example(batch=(_float_images(1.0, nan=True), False))
+@example(batch=(np.zeros((2, 3, 32, 32), np.uint8), False))
+@example(batch=(np.zeros((0, 32, 32, 3), np.uint8), True))
+def test_exported_files_take_their_contract_and_refuse_the_rest(run, exported, suffix, batch):
+    """Generated shapes, dtypes, ranges, NaN / inf and empty batches, through `dmr score --model`'s reader and the
+    file's own runtime: an image of the contract gets finite scores, one row each; anything else is refused (the
+    reader in one line naming the contract, the file itself by its runtime's error), never scored as it is."""
+    images, meets = batch
+    detector = _loaded(exported / f"model{suffix}")
+    if meets:
+        out = detector.score(images)
+        assert (out == {}) if not len(images) else all(len(v) == len(images) for v in out.values())
+        assert not len(images) or np.isfinite(out["dmr_score"]).all() and np.isfinite(out["combined_score"]).all()
+    else:
+        with pytest.raises(ValueError, match="uint8 N×32×32×3") as err:
+            detector.score(images)
+        assert "\n" not in str(err.value)
+    raw = _raw_call(exported / f"model{suffix}")
+    try:
+        out = raw(images)
+    except Exception:  # noqa: BLE001 -- each runtime refuses with its own error type
+        assert not meets or not len(images), "the file refused an image of its contract"
+        return
+    # taken by the file: of the contract, or (TorchScript only) float N×3×32×32 in [0, 1], a NaN image flagged OOD
+    nan_rows = np.isnan(images.reshape(len(images), -1)).any(1) if images.ndim == 4 and len(images) else None
+    float_layout = (suffix == ".pt" and np.issubdtype(images.dtype, np.floating) and images.ndim == 4
+                    and images.shape[1:] == (3, 32, 32))
+    assert meets or float_layout, f"{suffix} scored {images.dtype} {images.shape} out of contract"
+    if float_layout:
+        finite = images[~nan_rows]
+        assert ((finite >= 0) & (finite <= 1)).all(), "a float image outside [0, 1] was scored"
+        assert out["is_ood"][nan_rows].all()
+    assert len(out["dmr_score"]) == len(images)
+
+
+@functools.lru_cache(maxsize=None)
+def _loaded(path):
+    from dmr_core.serving.export import ExportedDetector
+
+    return ExportedDetector.load(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _raw_call(path):
+    """The exported file called by its own runtime alone, as a deployer calls it (loaded once per file)."""
+    if path.suffix == ".onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        return lambda x: dict(zip(names, session.run(names, {"images": x})))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation: the format is tested as shipped
+        module = torch.export.load(str(path)).module() if path.suffix == ".pt2" else torch.jit.load(str(path))
+    return lambda x: {k: v.numpy() for k, v in module(torch.from_numpy(np.ascontiguousarray(x))).items()}

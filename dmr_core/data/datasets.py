@@ -118,6 +118,15 @@ def env_folder(variable: str) -> Path | None:
     return Path(os.path.abspath(os.path.expanduser(value))) if value else None
 
 
+def is_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder; False, not an error, for a value no file system can hold (a name over 255
+    bytes), as for one that is not there."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def describe_env_folder(variable: str) -> str:
     """``DMR_DATA_HOME (now ../shared/data, i.e. /abs/shared/data)``: the value as typed and the folder it names,
     so that a message about a missing archive shows where it was looked for."""
@@ -125,7 +134,14 @@ def describe_env_folder(variable: str) -> str:
     if not value:
         return f"{variable} (now unset)"
     folder = env_folder(variable)
-    return f"{variable} (now {value})" if str(folder) == value else f"{variable} (now {value}, i.e. {folder})"
+    shown, where = _printable(value), _printable(str(folder))
+    return f"{variable} (now {shown})" if str(folder) == value else f"{variable} (now {shown}, i.e. {where})"
+
+
+def _printable(text: str) -> str:
+    """``text`` as typed, or quoted with escapes where it holds a newline or another unprintable character, so
+    that a message naming it stays one line."""
+    return text if text.isprintable() else repr(text)
 
 
 def relative_path_hint(variable: str) -> str:
@@ -141,7 +157,7 @@ def data_home() -> Path | None:
     another folder than the one it was written for, and a download would silently use other data.
     """
     home = env_folder("DMR_DATA_HOME")
-    if home is not None and not home.is_dir():
+    if home is not None and not is_folder(home):
         raise DataError(
             f"{describe_env_folder('DMR_DATA_HOME')} is not a folder: point it at the folder holding the dataset "
             f"archives{relative_path_hint('DMR_DATA_HOME')}"

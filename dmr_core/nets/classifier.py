@@ -115,6 +115,13 @@ def _env_folder(variable: str) -> Path | None:
     return Path(os.path.abspath(os.path.expanduser(value))) if value else None
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name no file system can hold (over 255 bytes) names no file
+        return False
+
+
 def pretrained_path(arch: str) -> Path:
     """Locate (or download) the pretrained CIFAR-10 weights for ``arch`` and verify their hash prefix.
 
@@ -134,7 +141,7 @@ def pretrained_path(arch: str) -> Path:
     cache = (_env_folder("DMR_CACHE") or Path.home() / ".cache" / "dmr-pipeline") / "models"
     candidates.append(cache / name)
     for path in candidates:
-        if path.is_file():
+        if _is_file(path):
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             if not digest.startswith(hash_prefix):
                 raise CheckpointError(f"{path} has sha256 {digest[:8]}…, expected {hash_prefix}…: the file is corrupt; replace it")

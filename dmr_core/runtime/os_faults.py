@@ -20,6 +20,7 @@ WHAT_TO_DO = {
     errno.ENOTDIR: "a file stands where a folder is expected on that path: move or remove the file",
     errno.EEXIST: "a file stands where a folder is expected: move or remove the file",
     errno.EISDIR: "a folder stands where a file is expected: move or remove the folder",
+    errno.ENAMETOOLONG: "a name on that path is longer than the file system allows (most take 255 bytes): shorten it",
 }
 # errors that only a write can cause
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EEXIST}
