@@ -1,21 +1,55 @@
-"""What several test files share: a tiny copy of the real project, running commands in it, small training sets."""
+"""What several test files share: the project's root and default params, the stages dvc.yaml defines, a tiny copy
+of the real project and running commands in it, image files and archives to read, small training sets."""
 
 from __future__ import annotations
 
+import copy
+import io
 import os
 import shutil
 import subprocess
+import tarfile
 from collections.abc import MutableMapping
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
-from dmr_core.synthesis.variants import VARIANTS
+from dmr_core.data.datasets import CIFAR100_CLASSES
 from dmr_core.training.head import HeadConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+# the committed params.yaml as a dict: read it, never change it (params_with returns a changed copy)
+DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def project_pythonpath() -> str:
+    """PYTHONPATH for a subprocess that imports the project from its checkout (``python -m stages.<name>``)."""
+    return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
+def params_with(**sections: dict) -> dict:
+    """A copy of the default params with each named section updated by the keys given for it."""
+    raw = copy.deepcopy(DEFAULTS)
+    for section, values in sections.items():
+        raw[section].update(values)
+    return raw
+
+
+def dvc_stages(dvc_yaml: Path = ROOT / "dvc.yaml", params: dict = DEFAULTS) -> set[str]:
+    """The names of the stages ``dvc.yaml`` defines, each ``foreach`` stage expanded over the params list it
+    names (``synth_baseline@kirby``, …), as DVC names them."""
+    stages = set()
+    for name, stage in yaml.safe_load(dvc_yaml.read_text())["stages"].items():
+        if "foreach" not in stage:
+            stages.add(name)
+            continue
+        section, key = stage["foreach"].removeprefix("${").removesuffix("}").split(".")
+        stages |= {f"{name}@{item}" for item in params[section][key]}
+    return stages
+
 
 # Small enough to run the whole pipeline in about a minute on two CPU cores.
 TINY_PARAMS = {
@@ -28,10 +62,8 @@ TINY_PARAMS = {
     "synth_baselines": {"num_samples": 100},
 }
 
-SYNTH_BASELINES = set(VARIANTS)
-ALL_STAGES = {"data", "classifier", "perceptual_net", "generator", "latents", "class_means", "ood_synth", "figures",
-              "features", "rejection_head", "eval", "baselines", "combine", "outlier_exposure", "report"} | {
-                  f"synth_baseline@{v}" for v in VARIANTS}
+ALL_STAGES = dvc_stages()
+SYNTH_BASELINES = {name.split("@")[1] for name in ALL_STAGES if name.startswith("synth_baseline@")}
 # what a change of a synth parameter (e.g. lambda_max) must re-run, and nothing else
 DOWNSTREAM_OF_SYNTH = {"ood_synth", "rejection_head", "eval", "combine", "report"}
 
@@ -109,3 +141,58 @@ def copy_project(project: Path, dest: Path) -> Path:
 def stages_run(output: str) -> list[str]:
     """Names of the stages DVC actually executed, from `dvc repro` / `dvc exp run` output."""
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+def image_bytes(value: np.ndarray | tuple[int, ...] | int = 0, size: tuple[int, int] = (32, 32), mode: str = "RGB",
+                fmt: str = "PNG") -> bytes:
+    """An encoded image file: of the uint8 array ``value`` (H×W×3 or H×W), or of ``size`` filled with the colour
+    ``value`` (a value per band, or one value for every band), in PIL ``mode`` and format ``fmt``."""
+    if isinstance(value, np.ndarray):
+        image = Image.fromarray(value).convert(mode)
+    else:
+        colour = value if isinstance(value, tuple) or mode in ("L", "P", "I", "F", "I;16") else (value,) * len(mode)
+        image = Image.new(mode, size, colour)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def write_files(root: Path, files: dict[str, bytes]) -> Path:
+    """Each ``{relative name: content}`` written under ``root`` (folders made as needed)."""
+    for name, payload in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(payload)
+    return root
+
+
+def write_tar(path: Path, files: dict[str, bytes], top: str = "") -> Path:
+    """A tar archive at ``path`` of ``{member name: content}``, every name under ``top/`` when given."""
+    with tarfile.open(path, "w") as tar:
+        for name, payload in files.items():
+            info = tarfile.TarInfo(f"{top}/{name}" if top else name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+# three classes, images of several sizes and modes (none of them 32×32 RGB)
+USER_IMAGES = {
+    "train/cat/a.png": image_bytes(10, (64, 48), "RGB"),
+    "train/cat/b.jpg": image_bytes(20, (40, 40), "L", "JPEG"),
+    "train/cat/c.png": image_bytes(30, (100, 30), "RGBA"),
+    "train/dog/a.png": image_bytes(40, (32, 32), "P"),
+    "train/dog/b.png": image_bytes(50, (17, 90), "RGB"),
+    "train/owl/a.png": image_bytes(60, (50, 50), "LA"),
+    "train/owl/sub/b.png": image_bytes(70, (33, 31), "RGB"),  # deeper inside its class folder: still that class
+    "test/cat/a.png": image_bytes(80, (64, 64), "RGB"),
+    "test/dog/a.png": image_bytes(90, (32, 32), "RGB"),
+    "test/owl/a.png": image_bytes(100, (20, 20), "L"),
+}
+
+
+def cifar100_archive(home: Path, per_class: int = 2) -> Path:
+    """A ``cifar100.tar`` in ``home`` laid out as the offline archives are, ``per_class`` flat images per class and
+    split."""
+    files = {f"{split}/{c}/{i}.png": image_bytes((j + i) % 256, (32, 32), "RGB")
+             for split in ("train", "test") for j, c in enumerate(CIFAR100_CLASSES) for i in range(per_class)}
+    return write_tar(home / "cifar100.tar", files, "cifar100")

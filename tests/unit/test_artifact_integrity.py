@@ -1,6 +1,5 @@
 """A damaged artifact is refused with one line naming it and the fix, never read as if fine."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -14,8 +13,8 @@ import zarr
 from dmr_core.data.artifacts import open_zarr, save_zarr
 from dmr_core.errors import DataError
 from dmr_core.nets.rejection_head import RejectionHead, save_head
+from helpers import ROOT, project_pythonpath
 
-ROOT = Path(__file__).resolve().parents[1]
 ROWS = 10          # per set; chunks of 4 rows: 3 chunks per array
 FEATURE = "ood/icons/feature_map"
 CHUNK = f"{FEATURE}/c/1/0/0/0"
@@ -127,7 +126,7 @@ def test_eval_stage_refuses_a_damaged_features_artifact(tmp_path, damage):
     command = [sys.executable, "-m", "stages.eval", "--head", "head.pt", "--features", "features.zarr",
                "--scores", "data/dmr_scores.zarr", "--metrics", "metrics/eval.json", "--plots", "plots/eval"]
     result = subprocess.run(command, check=False, cwd=tmp_path, capture_output=True, text=True,
-                            env={"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+                            env={"PYTHONPATH": project_pythonpath(),
                                  "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import ROOT, data_home_available
-from test_id_sets import USER_IMAGES, cifar100_archive, write_folder
+from helpers import DEFAULTS, ROOT, USER_IMAGES, cifar100_archive, data_home_available, write_files
 
 from dmr_core.data.artifacts import save_zarr
 from dmr_core.nets.classifier import load_classifier
@@ -27,7 +26,6 @@ from dmr_core.data.layout import id_split_path, read_image_set
 
 pytestmark = pytest.mark.e2e
 
-DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
 # the sizes over the profile's params: the fewest images per class, one short epoch, one tiny OOD set
 TINY = [("data.test_per_class", 1), ("data.ood_sets", ["gaussian"]), ("data.gaussian_count", 10),
         ("classifier.epochs", 1), ("classifier.batch_size", 50), ("baselines.knn_k", 5),
@@ -118,7 +116,7 @@ def test_data_and_classifier_stages_of_each_id_set_and_architecture(pair, datase
 def test_the_benchmark_runs_a_profile_stage_by_stage(tmp_path):
     """bench/bench.py --profile on a tiny folder ID set, stopped after its first stage (each stage is one more
     `dvc repro --single-item` of the same loop): wall time and images/s in the JSON, the device named, the total."""
-    images = write_folder(tmp_path / "pets", USER_IMAGES)
+    images = write_files(tmp_path / "pets", USER_IMAGES)
     out = tmp_path / "bench.json"
     tiny = ["data.train_per_class=1", "data.test_per_class=1", f"data.id_set={images}", "synth.k=1",
             "synth_baselines.k=2", "baselines.knn_k=2", "baselines.reference_images=2",

@@ -1,12 +1,9 @@
 """Reading datasets: good archives, and every kind of bad one."""
 
-import io
-import tarfile
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from dmr_core.data.datasets import (
     CIFAR10_CLASSES,
@@ -16,30 +13,16 @@ from dmr_core.data.datasets import (
     load_ood_set,
     read_tar_split,
 )
-
-
-def png(size=(32, 32), mode="RGB", value=0) -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size, value if mode != "RGB" else (value, value, value)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def make_tar(path, members: dict[str, bytes]):
-    with tarfile.open(path, "w") as tar:
-        for name, payload in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return path
+from helpers import image_bytes, write_tar
 
 
 def cifar_members(per_class=3, split="train"):
-    return {f"cifar10/{split}/{c}/{i:04d}.png": png(value=10 * j + i)
+    return {f"cifar10/{split}/{c}/{i:04d}.png": image_bytes(value=10 * j + i)
             for j, c in enumerate(CIFAR10_CLASSES) for i in range(per_class)}
 
 
 def test_reads_classes_in_standard_order(tmp_path):
-    tar = make_tar(tmp_path / "c.tar", cifar_members())
+    tar = write_tar(tmp_path / "c.tar", cifar_members())
     s = read_tar_split(tar, "cifar10", "train", CIFAR10_CLASSES)
     assert s.images.shape == (30, 32, 32, 3) and s.images.dtype == np.uint8
     np.testing.assert_array_equal(np.bincount(s.labels), [3] * 10)
@@ -47,7 +30,7 @@ def test_reads_classes_in_standard_order(tmp_path):
 
 
 def test_subset_is_seeded(tmp_path):
-    tar = make_tar(tmp_path / "c.tar", cifar_members(per_class=6))
+    tar = write_tar(tmp_path / "c.tar", cifar_members(per_class=6))
     a = read_tar_split(tar, "cifar10", "train", CIFAR10_CLASSES, per_class=2, seed=1)
     b = read_tar_split(tar, "cifar10", "train", CIFAR10_CLASSES, per_class=2, seed=1)
     assert len(a.images) == 20
@@ -57,10 +40,10 @@ def test_subset_is_seeded(tmp_path):
 def test_non_images_are_skipped_and_other_sizes_and_modes_fitted_and_counted(tmp_path):
     members = cifar_members()
     members["cifar10/train/cat/README.txt"] = b"hello"
-    members["cifar10/train/cat/9999.png"] = png(size=(64, 48), value=200)  # resized, kept
+    members["cifar10/train/cat/9999.png"] = image_bytes(size=(64, 48), value=200)  # resized, kept
     members["cifar10/train/dog/bad.jpg"] = b"not really a jpeg"
-    members["cifar10/train/dog/gray.png"] = png(mode="L", value=7)  # converted, kept
-    s = read_tar_split(make_tar(tmp_path / "c.tar", members), "cifar10", "train", CIFAR10_CLASSES)
+    members["cifar10/train/dog/gray.png"] = image_bytes(mode="L", value=7)  # converted, kept
+    s = read_tar_split(write_tar(tmp_path / "c.tar", members), "cifar10", "train", CIFAR10_CLASSES)
     assert s.skipped == {"not_an_image": 1, "resized": 1, "undecodable": 1, "converted_to_rgb": 1}
     assert len(s.images) == 32 and s.images.shape[1:] == (32, 32, 3)
     assert {200, 7} <= set(np.unique(s.images))
@@ -68,13 +51,13 @@ def test_non_images_are_skipped_and_other_sizes_and_modes_fitted_and_counted(tmp
 
 def test_path_traversal_is_refused(tmp_path):
     for bad in ("../evil.png", "/etc/evil.png", "cifar10/train/cat/../../../x.png"):
-        members = {**cifar_members(), bad: png()}
+        members = {**cifar_members(), bad: image_bytes()}
         with pytest.raises(DataError, match="absolute or '..' path"):
-            read_tar_split(make_tar(tmp_path / "c.tar", members), "cifar10", "train", CIFAR10_CLASSES)
+            read_tar_split(write_tar(tmp_path / "c.tar", members), "cifar10", "train", CIFAR10_CLASSES)
 
 
 def test_truncated_archive(tmp_path):
-    tar = make_tar(tmp_path / "c.tar", cifar_members())
+    tar = write_tar(tmp_path / "c.tar", cifar_members())
     data = tar.read_bytes()
     tar.write_bytes(data[: len(data) // 3])
     with pytest.raises(DataError, match="truncated or"):
@@ -87,13 +70,13 @@ def test_truncated_archive(tmp_path):
 def test_empty_class_and_unknown_label(tmp_path):
     members = {k: v for k, v in cifar_members().items() if "/frog/" not in k}
     with pytest.raises(DataError, match=r"\['frog'\] have no images"):
-        read_tar_split(make_tar(tmp_path / "c.tar", members), "cifar10", "train", CIFAR10_CLASSES)
-    members = {**cifar_members(), "cifar10/train/unicorn/0.png": png()}
+        read_tar_split(write_tar(tmp_path / "c.tar", members), "cifar10", "train", CIFAR10_CLASSES)
+    members = {**cifar_members(), "cifar10/train/unicorn/0.png": image_bytes()}
     with pytest.raises(DataError, match="'unicorn' is not one of the classes"):
-        read_tar_split(make_tar(tmp_path / "d.tar", members), "cifar10", "train", CIFAR10_CLASSES)
+        read_tar_split(write_tar(tmp_path / "d.tar", members), "cifar10", "train", CIFAR10_CLASSES)
     members = {k: (b"not an image" if "/ship/" in k else v) for k, v in cifar_members().items()}
     with pytest.raises(DataError, match=r"\['ship'\] have no usable"):
-        read_tar_split(make_tar(tmp_path / "e.tar", members), "cifar10", "train", CIFAR10_CLASSES)
+        read_tar_split(write_tar(tmp_path / "e.tar", members), "cifar10", "train", CIFAR10_CLASSES)
 
 
 def test_offline_set_missing_names_both_ways(tmp_path, monkeypatch):
@@ -109,7 +92,7 @@ def test_offline_set_missing_names_both_ways(tmp_path, monkeypatch):
 
 
 def test_ood_set_from_data_home(tmp_path, monkeypatch):
-    make_tar(tmp_path / "scenes_crop.tar", {f"scenes_crop/test/{i}.png": png(value=i) for i in range(7)})
+    write_tar(tmp_path / "scenes_crop.tar", {f"scenes_crop/test/{i}.png": image_bytes(value=i) for i in range(7)})
     monkeypatch.setenv("DMR_DATA_HOME", str(tmp_path))
     s = load_ood_set("scenes_crop", max_images=5)
     assert s.images.shape == (5, 32, 32, 3) and (s.labels == -1).all()

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 from torch import nn
 from torch.nn import functional as nnf
@@ -36,17 +35,13 @@ from dmr_core.training.outlier_exposure import (
     outlier_exposure_loss,
 )
 from dmr_core.data.layout import id_split_path, ood_set_path, write_sets_index
+from helpers import params_with
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
 CPU = torch.device("cpu")
 
 
-def params_with(data: dict | None = None, **baselines):
-    raw = copy.deepcopy(DEFAULTS)
-    raw["data"].update(data or {})
-    raw["baselines"].update(baselines)
-    return parse_params(raw)
+def oe_params(data: dict | None = None, **baselines):
+    return parse_params(params_with(data=data or {}, baselines=baselines))
 
 
 # --- the loss and the fine-tuning -------------------------------------------------------------------------------
@@ -140,13 +135,13 @@ def folder(path: Path) -> Path:
 
 
 def test_defaults_do_not_run_oe():
-    assert params_with().baselines.oe_outliers is None
+    assert oe_params().baselines.oe_outliers is None
 
 
 def test_an_outlier_folder_apart_from_the_test_sets_is_accepted(tmp_path):
     ood = folder(tmp_path / "my_ood")
     outliers = folder(tmp_path / "outliers")
-    assert params_with({"ood_sets": [str(ood), "gaussian"]}, oe_outliers=str(outliers)).baselines.oe_outliers == \
+    assert oe_params({"ood_sets": [str(ood), "gaussian"]}, oe_outliers=str(outliers)).baselines.oe_outliers == \
         str(outliers)
 
 
@@ -158,7 +153,7 @@ def test_outliers_that_are_hold_or_lie_inside_an_ood_test_set_are_refused(tmp_pa
     folder(ood / "part")
     outliers = (tmp_path / "sets" / where).resolve()
     with pytest.raises(ParamsError) as info:
-        params_with({"ood_sets": [str(ood), "gaussian"]}, oe_outliers=str(outliers))
+        oe_params({"ood_sets": [str(ood), "gaussian"]}, oe_outliers=str(outliers))
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"invalid params: baselines.oe_outliers = {str(outliers)!r} {relation} the OOD test "
@@ -170,7 +165,7 @@ def test_another_spelling_of_a_test_set_path_is_refused(tmp_path):
     ood = folder(tmp_path / "my_ood")
     (tmp_path / "alias").symlink_to(ood)
     with pytest.raises(ParamsError, match=r"baselines\.oe_outliers = .*alias' is the OOD test set 'my_ood'"):
-        params_with({"ood_sets": [str(ood)]}, oe_outliers=str(tmp_path / "alias"))
+        oe_params({"ood_sets": [str(ood)]}, oe_outliers=str(tmp_path / "alias"))
 
 
 @pytest.mark.parametrize("value", ["svhn", "textures", "cifar100", "./icons", "sets/tinyimagenet_part.tar"])
@@ -182,7 +177,7 @@ def test_outliers_named_like_a_built_in_ood_set_are_refused(tmp_path, monkeypatc
     name = Path(value).stem
     with pytest.raises(ParamsError, match=rf"^invalid params: baselines\.oe_outliers = '{value}': '{name}' is the "
                                           r"name of a built-in OOD test set"):
-        params_with(oe_outliers=value)
+        oe_params(oe_outliers=value)
 
 
 def test_outliers_holding_the_offline_archives_or_inside_the_downloads_are_refused(tmp_path, monkeypatch):
@@ -190,12 +185,12 @@ def test_outliers_holding_the_offline_archives_or_inside_the_downloads_are_refus
     monkeypatch.setenv("DMR_DATA_HOME", str(home))
     with pytest.raises(ParamsError, match=r"oe_outliers = .*archives' contains the OOD test set 'textures_partial' "
                                           r"of data\.ood_sets \(.*textures_partial\.tar\)"):
-        params_with({"ood_sets": "offline"}, oe_outliers=str(home))
+        oe_params({"ood_sets": "offline"}, oe_outliers=str(home))
     monkeypatch.setenv("DMR_CACHE", str(tmp_path / "cache"))
     inside = folder(tmp_path / "cache" / "downloads" / "dtd")
     with pytest.raises(ParamsError, match=r"dtd' lies inside the download folder of the OOD test sets svhn, "
                                           r"textures, .* of data\.ood_sets \(.*cache/downloads\)"):
-        params_with({"ood_sets": "paper"}, oe_outliers=str(inside))
+        oe_params({"ood_sets": "paper"}, oe_outliers=str(inside))
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
@@ -210,7 +205,7 @@ def test_outliers_in_the_id_test_split_are_refused(tmp_path):
             write_png(tmp_path / "my_id" / split / cls / "0.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
     with pytest.raises(ParamsError, match=r"oe_outliers = .*my_id/test/a' lies inside the ID test split "
                                           r"\(data\.id_set = .*my_id'\)"):
-        params_with({"id_set": str(tmp_path / "my_id"), "ood_sets": ["gaussian"]},
+        oe_params({"id_set": str(tmp_path / "my_id"), "ood_sets": ["gaussian"]},
                     oe_outliers=str(tmp_path / "my_id" / "test" / "a"))
 
 
@@ -221,14 +216,14 @@ def test_outliers_in_the_id_test_split_are_refused(tmp_path):
 ])
 def test_outliers_must_be_a_folder_or_tar(value, expected):
     with pytest.raises(ParamsError, match=expected):
-        params_with(oe_outliers=value)
+        oe_params(oe_outliers=value)
 
 
 @pytest.mark.parametrize("key,value", [("oe_epochs", 0), ("oe_lr", 0.0), ("oe_alpha", 0.0), ("oe_batch_size", 0),
                                        ("oe_max_outliers", -1), ("oe_seed", -1)])
 def test_fine_tuning_settings_are_validated(key, value):
     with pytest.raises(ParamsError, match=rf"^invalid params: baselines\.{key} = {value}: .*than"):
-        params_with(**{key: value})
+        oe_params(**{key: value})
 
 
 # --- the guard: by content (the stage) ---------------------------------------------------------------------------
@@ -268,7 +263,7 @@ def run_stage(tmp_path: Path, outliers: Path | None, **baselines) -> Path:
     from stages.outlier_exposure import main
 
     metrics = tmp_path / "metrics" / "outlier_exposure.json"
-    main(params_with(oe_outliers=None if outliers is None else str(outliers), **baselines), tmp_path / "datasets",
+    main(oe_params(oe_outliers=None if outliers is None else str(outliers), **baselines), tmp_path / "datasets",
          tmp_path / "classifier.pt", metrics)
     return metrics
 

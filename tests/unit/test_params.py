@@ -4,15 +4,12 @@ import copy
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from dmr_core.params import ParamsError, load_params, parse_params
-
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
+from helpers import DEFAULTS, ROOT, project_pythonpath
 
 
 def with_value(section: str, key: str, value):
@@ -88,7 +85,7 @@ def test_stage_fails_before_work_with_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value("synth", "k", 11)))
     command = [sys.executable, "-m", "stages.data", "--out", "data/datasets", "--metrics", "metrics/data.json"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
-                            env={"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+                            env={"PYTHONPATH": project_pythonpath(),
                                  "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [

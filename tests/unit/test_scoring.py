@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import zarr
-from helpers import ROOT
+from helpers import ROOT, image_bytes
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 
 from dmr_core import cli
 from dmr_core.data.artifacts import save_zarr
-from dmr_core.detectors.dmr import DMRDetector
 from dmr_core.detectors.posthoc import PosthocSettings, ScoringSet, fit_detectors, score_sets
 from dmr_core.nets.checkpoints import file_sha256
 from dmr_core.nets.classifier import build_classifier, save_classifier
@@ -106,19 +105,13 @@ def combined_tolerance(attrs, dmr_tolerance: float) -> float:
             + KNN_TOLERANCE / attrs["posthoc_standardisation"]["std"])
 
 
-def _png(array: np.ndarray, mode: str = "RGB") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).convert(mode).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_score_reproduces_the_pipelines_scores_of_the_same_images(use_run, tmp_path):
     """Lossless files of the ID-test images: DMR and combined scores equal what stages eval and combine stored."""
     root, _, sets = use_run
     folder = tmp_path / "id_test"
     folder.mkdir()
     for i, image in enumerate(sets["id_test"]):
-        (folder / f"{i:02d}.png").write_bytes(_png(image))
+        (folder / f"{i:02d}.png").write_bytes(image_bytes(image))
     result = runner.invoke(cli.app, ["score", str(folder), "--out", str(tmp_path / "scores.csv")])
     assert result.exit_code == 0, result.output
     # rows come in the file system's order; each names its file
@@ -174,19 +167,19 @@ def _mixed_inputs(tmp_path):
     folder = tmp_path / "folder"
     (folder / "sub").mkdir(parents=True)
     (folder / "big.jpg").write_bytes(_jpeg(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)))
-    (folder / "sub" / "gray.png").write_bytes(_png(rng.integers(0, 256, (40, 32, 3), dtype=np.uint8), "L"))
-    (folder / "sub" / "rgba.png").write_bytes(_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "RGBA"))
+    (folder / "sub" / "gray.png").write_bytes(image_bytes(rng.integers(0, 256, (40, 32, 3), np.uint8), mode="L"))
+    (folder / "sub" / "rgba.png").write_bytes(image_bytes(rng.integers(0, 256, (32, 32, 3), np.uint8), mode="RGBA"))
     (folder / "notes.txt").write_text("not an image")
-    (folder / "corrupt.png").write_bytes(_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))[:60])
+    (folder / "corrupt.png").write_bytes(image_bytes(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))[:60])
     archive = tmp_path / "more.tar"
     with tarfile.open(archive, "w") as tar:
-        for name, payload in (("a/p.png", _png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "P")),
+        for name, payload in (("a/p.png", image_bytes(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), mode="P")),
                               ("b.bmp", _bmp(rng.integers(0, 256, (20, 50, 3), dtype=np.uint8)))):
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
     single = tmp_path / "single.png"
-    single.write_bytes(_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)))
+    single.write_bytes(image_bytes(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)))
     return folder, archive, single
 
 
@@ -266,7 +259,7 @@ def test_score_without_a_trained_run_says_so_in_one_line(run, tmp_path, monkeypa
     commands = {**run[1], "eval": f"python -m stages.eval --head {tmp_path / 'head.pt'} --scores x.zarr"}
     monkeypatch.setattr(cli, "pipeline_commands", lambda: commands)
     single = tmp_path / "a.png"
-    single.write_bytes(_png(images(1, 0)[0]))
+    single.write_bytes(image_bytes(images(1, 0)[0]))
     for command in (["score", str(single), "--out", str(tmp_path / "s.csv")], ["export", str(tmp_path / "m.pt")]):
         result = runner.invoke(cli.app, command)
         assert result.exit_code == 1 and "Traceback" not in result.output
@@ -278,7 +271,7 @@ def test_score_without_a_trained_run_says_so_in_one_line(run, tmp_path, monkeypa
 
 def test_score_refuses_bad_arguments_in_one_line(use_run, tmp_path):
     single = tmp_path / "a.png"
-    single.write_bytes(_png(images(1, 0)[0]))
+    single.write_bytes(image_bytes(images(1, 0)[0]))
     for args, expected in (([str(tmp_path / "missing.png")], "no such file or folder"),
                            ([str(single), "--out", str(tmp_path / "s.xlsx")], "unknown output format '.xlsx'"),
                            ([str(single), "--model", str(tmp_path / "a.png")], "is not an exported DMR model")):
@@ -286,7 +279,6 @@ def test_score_refuses_bad_arguments_in_one_line(use_run, tmp_path):
         assert result.exit_code == 1, result.output
         assert len(result.output.strip().splitlines()) == 1 and expected in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
-
 
 
 @pytest.fixture(scope="module")
@@ -367,7 +359,7 @@ def test_score_with_an_exported_file_equals_score_with_the_run(use_run, exported
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i, image in enumerate(sets["icons"]):
-        (folder / f"{i:02d}.png").write_bytes(_png(image))
+        (folder / f"{i:02d}.png").write_bytes(image_bytes(image))
     via_model = runner.invoke(cli.app, ["score", str(folder), "--model", str(exported / f"model{suffix}"), "--out",
                                         str(tmp_path / "m.csv"), "--batch-size", "5"])
     via_run = runner.invoke(cli.app, ["score", str(folder), "--out", str(tmp_path / "r.csv")])
@@ -415,7 +407,7 @@ def test_score_keep_and_detector_choose_the_decision(use_run, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i, image in enumerate(sets["id_test"]):
-        (folder / f"{i:02d}.png").write_bytes(_png(image))
+        (folder / f"{i:02d}.png").write_bytes(image_bytes(image))
     out = tmp_path / "s.json"
     result = runner.invoke(cli.app, ["score", str(folder), "--keep", "0.9", "--detector", "dmr", "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -435,7 +427,7 @@ def test_score_keep_and_detector_choose_the_decision(use_run, tmp_path):
 def test_bad_export_files_and_inputs_are_one_line(use_run, exported, tmp_path):
     """A truncated or damaged file, a file of another format under an export's name, a wrong image: one line."""
     single = tmp_path / "a.png"
-    single.write_bytes(_png(images(1, 0)[0]))
+    single.write_bytes(image_bytes(images(1, 0)[0]))
     whole = (exported / "model.pt2").read_bytes()
     cases = {"truncated.pt2": whole[: len(whole) // 2], "damaged.onnx": (exported / "model.onnx").read_bytes()[:999],
              "png.pt2": single.read_bytes(), "png.onnx": single.read_bytes(), "text.pt": b"hello"}
@@ -489,8 +481,8 @@ def _linked_folder(folder, count: int, bright_every: int = 10):
     for i in range(count):
         if i % 50_000 == 0:
             dark, bright = (folder.parent / f"{folder.name}-{kind}-{i}.png" for kind in ("dark", "bright"))
-            dark.write_bytes(_png(np.full((32, 32, 3), 20, np.uint8)))
-            bright.write_bytes(_png(np.full((32, 32, 3), 230, np.uint8)))
+            dark.write_bytes(image_bytes(np.full((32, 32, 3), 20, np.uint8)))
+            bright.write_bytes(image_bytes(np.full((32, 32, 3), 230, np.uint8)))
         (folder / f"{i:06d}.png").hardlink_to(bright if i % bright_every == 0 else dark)
 
 
@@ -537,7 +529,7 @@ def test_score_streams_a_tar_and_json_in_order_with_summary_last(tmp_path, monke
     archive = tmp_path / "images.tar"
     with tarfile.open(archive, "w") as tar:
         for i, name in enumerate(["b.png", "../escape.png", "a.png", "/abs.png", "sub/c.png"]):
-            payload = _png(np.full((32, 32, 3), 230 if i % 2 else 20, np.uint8))
+            payload = image_bytes(np.full((32, 32, 3), 230 if i % 2 else 20, np.uint8))
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))

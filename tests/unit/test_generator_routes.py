@@ -3,15 +3,12 @@ and a user's pretrained generator plugged in through an entry point."""
 
 from __future__ import annotations
 
-import copy
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from dmr_core.errors import CheckpointError
 from dmr_core.nets.external_generator import load_external_generator, probe_fingerprint
@@ -27,9 +24,8 @@ from dmr_core.params import ParamsError, parse_params
 from dmr_core.synthesis.latent_mixing import class_means, synthesize_latents
 from dmr_core.synthesis.latent_routes import draw_latents, samples_per_class
 from dmr_core.training.generator import GeneratorTrainingConfig, prepare_generator, train_generator
+from helpers import params_with
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
 TRAIN = GeneratorTrainingConfig(epochs=2, batch_size=16, lr=0.002, beta_kl=0.1, seed=0)
 
 
@@ -222,13 +218,6 @@ def test_external_generator_errors_are_one_line(stand_in, entry_point, options, 
     with pytest.raises(CheckpointError, match=message) as info:
         load_external_generator(entry_point, options)
     assert "\n" not in str(info.value)
-
-
-def params_with(**sections) -> dict:
-    raw = copy.deepcopy(DEFAULTS)
-    for section, values in sections.items():
-        raw[section].update(values)
-    return raw
 
 
 @pytest.mark.parametrize("sections,message", [

@@ -1,4 +1,6 @@
-"""A user's own image folder as the ID set, and one as an OOD set, through the whole real DVC pipeline."""
+"""A user's own image folder as the ID set, and one as an OOD set, through the whole real DVC pipeline, with the
+params that shape the served detector at other values than the defaults; `dmr score` and every export format then
+reproduce the scores the pipeline stored."""
 
 from __future__ import annotations
 
@@ -47,6 +49,9 @@ def test_a_user_image_folder_runs_the_whole_pipeline(tmp_path):
         "synth": {"k": 2, "num_samples": 100, "batch_size": 64},
         "synth_baselines": {"k": 3, "num_samples": 60, "variants": ["kirby"]},
         "baselines": {"knn_k": 5, "reference_images": 50, "detectors": ["MSP", "KNN"]},
+        # what the head reads and how wide it is, off their defaults: every reader must take them from the artifacts
+        "features": {"layer": "layer2"},
+        "head": {"hidden": 48},
     })
     result = run(["dvc", "repro"], project)
     assert "Running stage 'report'" in result.stdout
@@ -72,3 +77,44 @@ def test_a_user_image_folder_runs_the_whole_pipeline(tmp_path):
     model = load_classifier(project / "data" / "models" / "classifier.pt")
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 4)  # the classifier's outputs follow the data's classes
     assert "up to date" in run(["dvc", "status"], project).stdout
+    served_scores_equal_the_stored_ones(project, tmp_path)
+
+
+# the bounds of tests/unit/test_scoring.py: ONNX Runtime rounds its convolutions differently from torch
+SCORE_TOLERANCE = {".pt2": 1e-5, ".pt": 1e-5, ".onnx": 1e-3}
+
+
+def served_scores_equal_the_stored_ones(project: Path, tmp_path: Path) -> None:
+    """The ID test images as files through `dmr score`, and through each exported file: DMR and combined scores equal
+    what stages eval and combine stored for them."""
+    import pandas as pd
+    import zarr
+
+    from dmr_core.serving.export import ExportedDetector
+
+    images = zarr.open_group(str(project / "data" / "datasets" / "id_test.zarr"), mode="r")["images"][:]
+    dmr = zarr.open_group(str(project / "data" / "dmr_scores.zarr"), mode="r")["id_test"][:]
+    stored = zarr.open_group(str(project / "data" / "combined_scores.zarr"), mode="r")
+    combined = stored["id_test"][:]
+
+    def combined_tolerance(dmr_tolerance: float) -> float:
+        """A combined score moves by its parts' moves over their spreads (the KNN part's by float32 rounding)."""
+        return (dmr_tolerance / stored.attrs["dmr_standardisation"]["std"]
+                + 1e-5 / stored.attrs["posthoc_standardisation"]["std"])
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:04d}.png")
+    run(["dmr", "score", str(folder), "--out", str(tmp_path / "scores.csv")], project)
+    rows = pd.read_csv(tmp_path / "scores.csv").sort_values("path")
+    assert [Path(p).name for p in rows["path"]] == [f"{i:04d}.png" for i in range(len(images))]
+    np.testing.assert_allclose(rows["dmr_score"], dmr, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(rows["combined_score"], combined, rtol=0, atol=combined_tolerance(1e-4))
+    for suffix, tolerance in SCORE_TOLERANCE.items():
+        path = tmp_path / f"model{suffix}"
+        run(["dmr", "export", str(path)], project)
+        out = ExportedDetector.load(path).score(images)
+        dmr_tolerance = tolerance * (1 + np.abs(dmr).max())
+        np.testing.assert_allclose(out["dmr_score"], dmr, rtol=0, atol=dmr_tolerance)
+        np.testing.assert_allclose(out["combined_score"], combined, rtol=0, atol=combined_tolerance(dmr_tolerance))

@@ -1,7 +1,7 @@
 """Every stage is deterministic given its seed; an up-to-date pipeline does no work.
 
 That an independent second run gives byte-identical metrics, and that another seed changes the synthesised set, is
-tested by tests/test_interrupted.py on the run it recovers (one full pipeline run serves both)."""
+tested by tests/e2e/test_interrupted.py on the run it recovers (one full pipeline run serves both)."""
 
 import pytest
 from helpers import needs_data, run, stages_run

@@ -6,6 +6,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from helpers import image_bytes
 from PIL import Image
 
 from dmr_core.data.encoding import (AS_STORED_SUFFIX, JpegEncoding, dominant_encoding, encode_like, jpeg_encoding_of,
@@ -16,12 +17,6 @@ from dmr_core.evaluation.metrics import evaluate_scores
 def jpeg_bytes(image: np.ndarray, **options) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, "JPEG", **options)
-    return buffer.getvalue()
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, "PNG")
     return buffer.getvalue()
 
 
@@ -52,7 +47,7 @@ def test_custom_tables_are_kept_without_a_quality():
 
 
 def test_other_files_have_no_encoding():
-    assert jpeg_encoding_of(png_bytes(smooth_image(2))) is None
+    assert jpeg_encoding_of(image_bytes(smooth_image(2))) is None
     assert jpeg_encoding_of(b"\xff\xd8 not really a jpeg") is None
     assert jpeg_encoding_of(b"") is None
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import copy
 import urllib.error
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-import yaml
 from torch.nn import functional as nnf
 
 from dmr_core.data.artifacts import save_zarr
@@ -30,9 +28,8 @@ from dmr_core.nets.classifier import (
 from dmr_core.nets.features import extract_features
 from dmr_core.nets.hooks import on_meta
 from dmr_core.params import parse_params
+from helpers import DEFAULTS
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
 SMALL_TV = "torchvision:mobilenet_v3_small"
 
 

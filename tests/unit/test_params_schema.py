@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types as at
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic.fields import FieldInfo
@@ -25,9 +23,8 @@ from pydantic.fields import FieldInfo
 from dmr_core.data.datasets import OOD_SET_NAMES, is_path_spec, user_path
 from dmr_core.params import Params, ParamsError, memory_needed, parse_params
 from dmr_core.runtime.machine import memory_size
+from helpers import DEFAULTS
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
 # Hypothesis: few examples, no example database written into the project, no per-example deadline
 FAST = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-import io
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from PIL import Image
 
 from dmr_core.data.datasets import (
     CIFAR100_CLASSES,
@@ -25,52 +20,13 @@ from dmr_core.data.datasets import (
     suite_sets,
 )
 from dmr_core.params import ParamsError, parse_params
-
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
+from helpers import USER_IMAGES, cifar100_archive, image_bytes, params_with, write_files, write_tar
 
 
-def image_bytes(size: tuple[int, int], mode: str, value: int, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    colour = value if mode in ("L", "P") else (value,) * len(mode)
-    Image.new(mode, size, colour).save(buf, format=fmt)
-    return buf.getvalue()
 
 
-# three classes, images of several sizes and modes (none of them 32×32 RGB)
-USER_IMAGES = {
-    "train/cat/a.png": image_bytes((64, 48), "RGB", 10),
-    "train/cat/b.jpg": image_bytes((40, 40), "L", 20, "JPEG"),
-    "train/cat/c.png": image_bytes((100, 30), "RGBA", 30),
-    "train/dog/a.png": image_bytes((32, 32), "P", 40),
-    "train/dog/b.png": image_bytes((17, 90), "RGB", 50),
-    "train/owl/a.png": image_bytes((50, 50), "LA", 60),
-    "train/owl/sub/b.png": image_bytes((33, 31), "RGB", 70),  # deeper inside its class folder: still that class
-    "test/cat/a.png": image_bytes((64, 64), "RGB", 80),
-    "test/dog/a.png": image_bytes((32, 32), "RGB", 90),
-    "test/owl/a.png": image_bytes((20, 20), "L", 100),
-}
-
-
-def write_folder(root: Path, files: dict[str, bytes]) -> Path:
-    for name, payload in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(payload)
-    return root
-
-
-def write_tar(path: Path, files: dict[str, bytes], top: str = "") -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, payload in files.items():
-            info = tarfile.TarInfo(f"{top}/{name}" if top else name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return path
-
-
-def params_with(**data) -> dict:
-    raw = copy.deepcopy(DEFAULTS)
-    raw["data"].update(data)
+def small_set_params(**data) -> dict:
+    raw = params_with(data=data)
     # small enough for a 3-class set of 7 training images
     raw["synth"]["k"] = raw["synth_baselines"]["k"] = 2
     raw["baselines"].update(knn_k=2, reference_images=2)
@@ -80,7 +36,7 @@ def params_with(**data) -> dict:
 
 @pytest.fixture
 def user_folder(tmp_path) -> Path:
-    return write_folder(tmp_path / "pets", USER_IMAGES)
+    return write_files(tmp_path / "pets", USER_IMAGES)
 
 
 def test_a_user_folder_is_read_with_sorted_classes_and_every_image_fitted(user_folder):
@@ -114,10 +70,10 @@ def test_a_tar_with_or_without_a_top_folder_reads_as_the_folder(tmp_path, user_f
     (lambda root: [shutil.rmtree(root / split / c) for split in ("train", "test") for c in ("dog", "owl")],
      r"only one class \('cat'\) in train/"),
     (lambda root: (root / "train" / "emu").mkdir(), r"class folder\(s\) \['emu'\] hold no image files"),
-    (lambda root: write_folder(root, {"test/yak/a.png": image_bytes((8, 8), "RGB", 1)}),
+    (lambda root: write_files(root, {"test/yak/a.png": image_bytes(1, (8, 8), "RGB")}),
      r"class\(es\) \['yak'\] have test images but no training images"),
     (lambda root: (root / "test" / "owl" / "a.png").unlink(), r"class\(es\) \['owl'\] have no test images"),
-    (lambda root: write_folder(root, {"train/loose.png": image_bytes((8, 8), "RGB", 1)}),
+    (lambda root: write_files(root, {"train/loose.png": image_bytes(1, (8, 8), "RGB")}),
      "is not inside a class folder"),
     (lambda root: [p.rename(p.with_suffix(".txt")) for p in list(root.rglob("*.*")) if p.is_file()],
      r"no images in a train/ split"),
@@ -125,42 +81,36 @@ def test_a_tar_with_or_without_a_top_folder_reads_as_the_folder(tmp_path, user_f
 def test_bad_user_sets_are_refused_by_params_validation_in_one_line(user_folder, change, message):
     change(user_folder)
     with pytest.raises(ParamsError, match=rf"^invalid params: data\.id_set = '.*pets': .*{message}") as info:
-        parse_params(params_with(id_set=str(user_folder)))
+        parse_params(small_set_params(id_set=str(user_folder)))
     assert "\n" not in str(info.value)
 
 
 def test_a_folder_of_non_images_inside_class_folders_is_refused(tmp_path):
-    root = write_folder(tmp_path / "junk", {f"{split}/{c}/x.txt": b"text" for split in ("train", "test")
+    root = write_files(tmp_path / "junk", {f"{split}/{c}/x.txt": b"text" for split in ("train", "test")
                                             for c in ("a", "b")})
     with pytest.raises(ParamsError, match=r"data\.id_set = .*no images in a train/ split"):
-        parse_params(params_with(id_set=str(root)))
+        parse_params(small_set_params(id_set=str(root)))
 
 
 def test_images_that_do_not_decode_are_found_when_read(tmp_path):
     files = {**USER_IMAGES, "train/owl/a.png": b"not a png", "train/owl/sub/b.png": b"nor this"}
-    root = write_folder(tmp_path / "pets", files)
+    root = write_files(tmp_path / "pets", files)
     with pytest.raises(DataError, match=r"class\(es\) \['owl'\] have no usable images .*'undecodable': 2"):
         load_id_split(str(root), "train")
 
 
 def test_the_class_count_bounds_k_and_the_subsets(user_folder):
-    parse_params(params_with(id_set=str(user_folder)))
-    raw = params_with(id_set=str(user_folder))
+    parse_params(small_set_params(id_set=str(user_folder)))
+    raw = small_set_params(id_set=str(user_folder))
     raw["synth"]["k"] = 4
     with pytest.raises(ParamsError, match=r"synth\.k = 4: at most the number of ID classes, 3"):
         parse_params(raw)
     with pytest.raises(ParamsError, match=r"data\.train_per_class = 3: pets's smallest class has 2 train images"):
-        parse_params(params_with(id_set=str(user_folder), train_per_class=3))
-    raw = params_with(id_set=str(user_folder))
+        parse_params(small_set_params(id_set=str(user_folder), train_per_class=3))
+    raw = small_set_params(id_set=str(user_folder))
     raw["baselines"]["knn_k"] = 8
     with pytest.raises(ParamsError, match=r"baselines\.knn_k = 8: .* 7 \(all 7 of pets's training split"):
         parse_params(raw)
-
-
-def cifar100_archive(home: Path, per_class: int = 2) -> Path:
-    files = {f"{split}/{c}/{i}.png": image_bytes((32, 32), "RGB", (j + i) % 256)
-             for split in ("train", "test") for j, c in enumerate(CIFAR100_CLASSES) for i in range(per_class)}
-    return write_tar(home / "cifar100.tar", files, "cifar100")
 
 
 def test_cifar100_reads_from_an_archive_in_cifar10s_layout(tmp_path, monkeypatch):
@@ -176,33 +126,33 @@ def test_cifar100_reads_from_an_archive_in_cifar10s_layout(tmp_path, monkeypatch
 
 
 def test_cifar100_params_allow_k_up_to_100_and_name_cifar10_near():
-    raw = params_with(id_set="cifar100", ood_sets="offline")
+    raw = small_set_params(id_set="cifar100", ood_sets="offline")
     raw["synth"]["k"] = 100
     raw["synth_baselines"]["k"] = 5
     assert parse_params(raw).synth.k == 100
     assert suite_sets("offline", "cifar100")[-1] == "cifar10"
     assert "cifar10" in suite_sets("paper", "cifar100") and "cifar100" not in suite_sets("paper", "cifar100")
     with pytest.raises(ParamsError, match=r"data\.ood_sets lists 'cifar100', the ID set"):
-        parse_params(params_with(id_set="cifar100", ood_sets=["icons", "cifar100"]))
+        parse_params(small_set_params(id_set="cifar100", ood_sets=["icons", "cifar100"]))
 
 
 def test_ood_sets_given_as_paths(tmp_path, user_folder):
-    folder = write_folder(tmp_path / "my_ood", {f"any/depth/{i}.png": image_bytes((48, 40), "RGB", i)
+    folder = write_files(tmp_path / "my_ood", {f"any/depth/{i}.png": image_bytes(i, (48, 40), "RGB")
                                                 for i in range(5)})
-    tar = write_tar(tmp_path / "more.tar", {f"{i}.jpg": image_bytes((20, 20), "L", i, "JPEG") for i in range(3)})
-    raw = params_with(ood_sets=[str(folder), str(tar), "gaussian"])
+    tar = write_tar(tmp_path / "more.tar", {f"{i}.jpg": image_bytes(i, (20, 20), "L", "JPEG") for i in range(3)})
+    raw = small_set_params(ood_sets=[str(folder), str(tar), "gaussian"])
     assert parse_params(raw).data.ood_sets[0] == str(folder)
     s = load_ood_set(str(folder), max_images=4)
     assert s.images.shape == (4, 32, 32, 3) and (s.labels == -1).all() and s.skipped == {"resized": 4}
     assert load_ood_set(str(tar)).skipped == {"resized": 3, "converted_to_rgb": 3}
     assert select_ood_sets(raw["data"]["ood_sets"], "cifar10").suite == "listed"
     with pytest.raises(ParamsError, match=r"data\.ood_sets = .*would both be reported as 'my_ood'"):
-        parse_params(params_with(ood_sets=[str(folder), str(folder) + "/"]))
+        parse_params(small_set_params(ood_sets=[str(folder), str(folder) + "/"]))
     (tmp_path / "icons").mkdir()
     with pytest.raises(ParamsError, match=r"would be reported as 'icons', the name of a built-in set"):
-        parse_params(params_with(ood_sets=[str(tmp_path / "icons")]))
+        parse_params(small_set_params(ood_sets=[str(tmp_path / "icons")]))
     with pytest.raises(ParamsError, match=r"data\.ood_sets = .*is not a folder or a \.tar archive"):
-        parse_params(params_with(ood_sets=[str(tmp_path / "nowhere")]))
+        parse_params(small_set_params(ood_sets=[str(tmp_path / "nowhere")]))
 
 
 def test_auto_is_the_offline_suite_only_where_the_archives_are(tmp_path, monkeypatch):
@@ -220,11 +170,11 @@ def test_auto_is_the_offline_suite_only_where_the_archives_are(tmp_path, monkeyp
 
 
 def test_a_bare_name_of_a_folder_in_the_project_is_that_folder(tmp_path, monkeypatch):
-    write_folder(tmp_path / "my_data", USER_IMAGES)
+    write_files(tmp_path / "my_data", USER_IMAGES)
     (tmp_path / "icons").mkdir()  # a known set's name always means the set
     monkeypatch.chdir(tmp_path)
     assert describe_id_set("my_data").class_names == ("cat", "dog", "owl")
-    assert parse_params(params_with(id_set="my_data")).data.id_set == "my_data"
+    assert parse_params(small_set_params(id_set="my_data")).data.id_set == "my_data"
     assert set_name("my_data") == "my_data" and not is_path_spec("icons") and is_path_spec("my_data")
     with pytest.raises(ParamsError, match=r"data\.id_set = 'my_date': unknown ID set 'my_date'"):
-        parse_params(params_with(id_set="my_date"))
+        parse_params(small_set_params(id_set="my_date"))

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_datasets import make_tar, png
+from helpers import image_bytes, project_pythonpath, write_tar
 
 from dmr_core.data.datasets import CIFAR10_CLASSES, load_ood_set, read_tar_split
 from dmr_core.data.sources import MAX_IMAGE_PIXELS
 
-ROOT = Path(__file__).resolve().parents[1]
 SPARSE_SIZE = 8 * 2**30
 
 
@@ -43,7 +42,7 @@ def png_bomb(width: int, height: int) -> bytes:
 
 
 def good_images(count: int = 4) -> dict[str, bytes]:
-    return {f"scenes_crop/test/{i}.png": png(value=i) for i in range(count)}
+    return {f"scenes_crop/test/{i}.png": image_bytes(value=i) for i in range(count)}
 
 
 def sparse_archive(folder: Path) -> Path:
@@ -75,7 +74,7 @@ def image_bomb_archive(folder: Path) -> Path:
              "scenes_crop/test/warns.png": png_bomb(10000, 10000),
              "scenes_crop/test/raises.png": png_bomb(20000, 20000)}
     assert all(len(payload) < 100_000 for payload in bombs.values())
-    return make_tar(folder / "scenes_crop.tar", {**good_images(), **bombs})
+    return write_tar(folder / "scenes_crop.tar", {**good_images(), **bombs})
 
 
 def test_sparse_member_claiming_8_gib_is_skipped_unread(tmp_path, monkeypatch):
@@ -103,9 +102,9 @@ def test_images_over_the_pixel_cap_are_skipped_undecoded(tmp_path, monkeypatch):
 
 
 def test_a_good_image_next_to_the_bombs_is_kept_in_class_layout(tmp_path):
-    members = {f"cifar10/train/{c}/0.png": png(value=i) for i, c in enumerate(CIFAR10_CLASSES)}
+    members = {f"cifar10/train/{c}/0.png": image_bytes(value=i) for i, c in enumerate(CIFAR10_CLASSES)}
     members["cifar10/train/cat/bomb.png"] = png_bomb(20000, 20000)
-    s = read_tar_split(make_tar(tmp_path / "c.tar", members), "cifar10", "train", CIFAR10_CLASSES)
+    s = read_tar_split(write_tar(tmp_path / "c.tar", members), "cifar10", "train", CIFAR10_CLASSES)
     assert len(s.images) == 10 and s.skipped == {"too_large": 1}
 
 
@@ -136,7 +135,7 @@ def test_bombs_cost_bounded_memory(tmp_path):
     def cap_address_space() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    env = {**os.environ, "PYTHONPATH": project_pythonpath(),
            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, str(sparse), str(images)], check=False,
                             capture_output=True, text=True, env=env, preexec_fn=cap_address_space, timeout=300)

@@ -34,8 +34,8 @@ from stages import class_means as class_means_stage
 from stages import latents as latents_stage
 from stages import ood_synth as ood_synth_stage
 from dmr_core.runtime.launcher import FAILURE_START, forward_until_failure
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CLASSES = [f"c{i}" for i in range(10)]
 N_TRAIN, ROWS_PER_CHUNK, BATCH = 50, 16, 12   # 4 chunks of 16 rows; batches of 12 straddle them
 

@@ -7,8 +7,7 @@ import yaml
 
 from dmr_core.runtime.code_deps import (NOT_OUTPUT_AFFECTING_FILES, code_closure, expected_code_deps,
                                        rewrite_code_deps, stage_module)
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 def stage_code_deps() -> dict[str, tuple[set[str], set[str]]]:

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 import yaml
-from helpers import GIT_IDENTITY, ROOT
+from helpers import DEFAULTS, GIT_IDENTITY, ROOT
 from typer.testing import CliRunner
 
 from dmr_core import cli
@@ -32,7 +32,6 @@ from dmr_core.profiles.compose import (
     profile_names,
 )
 
-DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
 NAMES = profile_names()
 # the profiles that reproduce a table of the paper (the others run the default recipe on something else)
 PAPER_NAMES = [name for name in NAMES if not load_profile(name).paper.startswith("none")]

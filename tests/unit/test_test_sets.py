@@ -3,7 +3,6 @@ in the ID test split refused in one line, by the data stage as a user runs it.""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -15,12 +14,10 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from dmr_core.data.datasets import DataError, ImageSet
 from dmr_core.data.test_sets import REPEATED, first_occurrences, refuse_shared_images, without_repeats
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import image_bytes, params_with, project_pythonpath, write_files
 
 
 def images_from_palette(picks: list[int]) -> np.ndarray:
@@ -60,28 +57,19 @@ def test_an_image_shared_with_another_set_is_refused_in_one_line_naming_the_form
 
 
 def png(value: int, size: tuple[int, int] = (40, 40)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (value, 255 - value, value // 2)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_images(root: Path, files: dict[str, bytes]) -> None:
-    for name, payload in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(payload)
+    """A flat image whose colour ``value`` picks (so equal values are equal images, at any size)."""
+    return image_bytes((value, 255 - value, value // 2), size)
 
 
 def run_data_stage(project: Path, id_set: Path, ood_set: Path) -> subprocess.CompletedProcess:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["data"].update(id_set=str(id_set), ood_sets=[str(ood_set)], train_per_class=0, test_per_class=0)
     # small enough for a 2-class set of 4 training images
-    raw["synth"]["k"] = raw["synth_baselines"]["k"] = 2
-    raw["baselines"].update(knn_k=2, reference_images=2)
-    raw["synth_baselines"]["num_samples"] = 2
+    raw = params_with(data={"id_set": str(id_set), "ood_sets": [str(ood_set)], "train_per_class": 0,
+                            "test_per_class": 0}, synth={"k": 2}, synth_baselines={"k": 2, "num_samples": 2},
+                      baselines={"knn_k": 2, "reference_images": 2})
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
     command = [sys.executable, "-m", "stages.data", "--out", "data/datasets", "--metrics", "metrics/data.json"]
     return subprocess.run(command, check=False, cwd=project, capture_output=True, text=True, env={
-        **os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+        **os.environ, "PYTHONPATH": project_pythonpath()})
 
 
 ID_FILES = {"train/a/1.png": png(10), "train/a/2.png": png(20), "train/b/1.png": png(30), "train/b/2.png": png(40),
@@ -91,8 +79,8 @@ ID_FILES = {"train/a/1.png": png(10), "train/a/2.png": png(20), "train/b/1.png":
 def test_repeats_in_an_ood_set_and_in_the_id_test_split_count_once_and_are_reported(tmp_path):
     ood_files = {"x.png": png(100), "x_copy.png": png(100), "x_large.png": png(100, (80, 80)), "y.png": png(110)}
     id_files = {**ID_FILES, "test/b/1_copy.png": png(60)}
-    write_images(tmp_path / "mine", id_files)
-    write_images(tmp_path / "other", ood_files)
+    write_files(tmp_path / "mine", id_files)
+    write_files(tmp_path / "other", ood_files)
     result = run_data_stage(tmp_path, tmp_path / "mine", tmp_path / "other")
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "metrics" / "data.json").read_text())
@@ -112,8 +100,8 @@ def test_a_set_holding_the_other_sides_images_is_refused_in_one_line_and_nothing
         ood_files["copied.png"] = ID_FILES["train/b/2.png"]
     else:
         id_files["test/a/2.png"] = ID_FILES["train/a/1.png"]
-    write_images(tmp_path / "mine", id_files)
-    write_images(tmp_path / "other", ood_files)
+    write_files(tmp_path / "mine", id_files)
+    write_files(tmp_path / "other", ood_files)
     result = run_data_stage(tmp_path, tmp_path / "mine", tmp_path / "other")
     assert result.returncode == 1
     expected = {

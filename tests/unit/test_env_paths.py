@@ -12,14 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import PATH_VARIABLES, make_path_variables_absolute
-from test_datasets import make_tar, png
+from helpers import PATH_VARIABLES, ROOT, image_bytes, make_path_variables_absolute, project_pythonpath, write_tar
 
 from dmr_core.data.datasets import DataError, data_home, download_dir, env_folder, load_ood_set
 from dmr_core.errors import CheckpointError
 from dmr_core.nets.classifier import pretrained_path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -27,7 +24,7 @@ def beside(tmp_path: Path, monkeypatch) -> Path:
     """``tmp/project`` as the working directory, with ``tmp/shared/data/scenes_crop.tar`` beside it."""
     (tmp_path / "project").mkdir()
     (tmp_path / "shared" / "data").mkdir(parents=True)
-    make_tar(tmp_path / "shared" / "data" / "scenes_crop.tar", {f"scenes_crop/test/{i}.png": png() for i in range(3)})
+    write_tar(tmp_path / "shared" / "data" / "scenes_crop.tar", {f"scenes_crop/test/{i}.png": image_bytes() for i in range(3)})
     monkeypatch.chdir(tmp_path / "project")
     monkeypatch.setenv("DMR_DATA_HOME", "../shared/data")
     return tmp_path
@@ -94,7 +91,7 @@ def test_stage_run_in_a_copy_elsewhere_fails_in_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     command = [sys.executable, "-m", "stages.data", "--out", "data/datasets", "--metrics", "metrics/data.json"]
     result = subprocess.run(command, check=False, cwd=tmp_path, capture_output=True, text=True, env={
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": project_pythonpath(),
         "PATH": "/usr/bin:/bin", "DMR_DATA_HOME": "../shared/data"})
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [(

@@ -39,7 +39,7 @@ from dmr_core.training.generator import GeneratorTrainingConfig, train_generator
 from dmr_core.training.head import train_rejection_head
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import HEAD, blobs  # noqa: E402
+from helpers import HEAD, ROOT, blobs, project_pythonpath  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -234,13 +234,11 @@ def test_two_rank_training_matches_one_process(tmp_path, scenario):
 
 # --- a stage relaunching itself under torchrun -----------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _stage(cwd: Path, nproc: int, *argv: str):
     import subprocess
     env = {**os.environ, "DMR_NPROC": str(nproc), "DMR_DEVICE": "cpu",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": project_pythonpath()}
     return subprocess.run([sys.executable, "-m", "stages.features", *argv], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -291,7 +289,7 @@ def _features_project(tmp_path: Path, train_images: int) -> dict[str, str]:
     torch.manual_seed(0)
     save_classifier(build_classifier("resnet20"), "resnet20", tmp_path / "classifier.pt", class_names=classes)
     return {**os.environ, "DMR_NPROC": "2", "DMR_DEVICE": "cpu",
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+            "PYTHONPATH": project_pythonpath()}
 
 
 def test_interrupted_relaunched_stage_says_so_once_and_leaves_no_output(tmp_path):

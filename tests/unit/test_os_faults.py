@@ -17,8 +17,7 @@ import pytest
 from dmr_core.data.artifacts import atomic_output, write_json
 from dmr_core.runtime.os_faults import os_fault_message
 from dmr_core.runtime.stage import run
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, project_pythonpath
 
 
 def run_stage_in_process(main, tmp_path: Path, monkeypatch, capsys, *args: str) -> tuple[int, list[str]]:
@@ -125,7 +124,7 @@ def test_stage_with_a_file_where_its_output_folder_belongs(tmp_path, out, expect
     (tmp_path / "blocker").write_text("not a folder")
     command = [sys.executable, "-m", "stages.data", "--out", out, "--metrics", "metrics/data.json"]
     result = subprocess.run(command, check=False, cwd=tmp_path, capture_output=True, text=True,
-                            env={"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+                            env={"PYTHONPATH": project_pythonpath(),
                                  "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
