@@ -325,6 +325,7 @@ class HeadParams(_Section):
     weight_decay: float = Field(ge=0)
     schedule: Literal["cosine", "constant"]
     input_dropout: float = Field(ge=0, lt=1)
+    synth_keep: float = Field(gt=0, le=1, description="the share of synthesised images the head trains on")
     seed: Seed
 
 

@@ -14,6 +14,7 @@ from ..distributed import split_over_ranks
 from ..nets.classifier_base import Classifier
 from ..nets.features import extract_features
 from ..nets.rejection_head import RejectionHead
+from ..synthesis.selection import max_softmax, most_confident
 from .loop import BatchLoss, History, run_epochs, seed_everything
 
 
@@ -31,6 +32,7 @@ class HeadConfig:
     schedule: str           # cosine | constant
     seed: int
     input_dropout: float = 0.0
+    synth_keep: float = 1.0  # the share of synthesised images trained on: those F is most confident on
 
 
 def train_rejection_head(
@@ -81,9 +83,15 @@ def train_head_on_images(
     classifier: Classifier, id_features: np.ndarray, synth_images: np.ndarray, feature: str,
     config: HeadConfig, batch_size: int = 500,
 ) -> TrainedHead:
-    """F's ``feature`` representation of the synthesised images (uint8 N×32×32×3), then B trained on the ID
-    training features (the same representation) against it: what DMR and every synthesis baseline share. Under
+    """F's ``feature`` representation of the synthesised images (uint8 N×32×32×3), or of the ``synth_keep`` share
+    F is most confident on (:mod:`..synthesis.selection`), then B trained on the ID training features (the same
+    representation) against it: what DMR and every synthesis baseline share. Under
     torchrun the images go through F split over the ranks, each rank getting every feature back."""
+    if config.synth_keep < 1:  # only the synthesised images nearest the ID classes as F sees them
+        confidence = split_over_ranks(
+            lambda images: max_softmax(extract_features(classifier, images, batch_size, desc="synth confidence")
+                                       ["logits"]), batch_size)(synth_images)
+        synth_images = synth_images[most_confident(confidence, config.synth_keep)]
     synth_features = split_over_ranks(
         lambda images: extract_features(classifier, images, batch_size, desc="synth features")[feature],
         batch_size)(synth_images)
