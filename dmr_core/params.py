@@ -52,8 +52,10 @@ from .synthesis.variants import VARIANTS
 
 # Seeds go to random, NumPy and torch generators; 32 bits is what all of them accept.
 MAX_SEED = 2**32 - 1
-# The variants that edit distinct ID training images, one per synthesised image.
-TRAINING_IMAGE_VARIANTS = ("kirby", "dmr_kirby")
+# The variants that edit distinct ID training images, one per synthesised image, and those that read F's class
+# activation maps, as the variant table says
+TRAINING_IMAGE_VARIANTS = tuple(name for name, v in VARIANTS.items() if v.edits_training_images)
+CAM_VARIANTS = tuple(name for name, v in VARIANTS.items() if v.reads_class_activation_maps)
 # The names each choice allows come from the tables where the choices are implemented.
 OodSuite = Literal[("auto", *OOD_SUITES)]
 # The detectors that compute logits from the stored feature map (they rectify or prune it first).
@@ -380,6 +382,7 @@ class SynthBaselinesParams(_Section):
     lambda_max: float = Field(gt=0)
     num_samples: int = _held_in_memory(_UINT8_IMAGE, ge=1)
     kirby_threshold: float = Field(gt=0, lt=1)
+    saliency_share: float = Field(gt=0, lt=1, description="the share of pixels saliency_shuffle permutes")
     seed: Seed
 
 
@@ -579,7 +582,7 @@ def _problems(p: Params) -> Iterator[str]:
     elif (layout.default_layer if layer == AUTO_LAYER else layer) != layout.pooled_layer:
         module = layout.default_layer if layer == AUTO_LAYER else layer
         needing = [d for d in p.baselines.detectors if d in FEATURE_MAP_LOGIT_DETECTORS]
-        needing += [v for v in p.synth_baselines.variants if v in TRAINING_IMAGE_VARIANTS]
+        needing += [v for v in p.synth_baselines.variants if v in CAM_VARIANTS]
         if needing:
             yield (f"{', '.join(needing)} compute logits from the feature map (global average, then the "
                    f"classification layer), which holds for features.layer = {layer!r} (module {module!r}) of "
@@ -635,9 +638,9 @@ def _problems(p: Params) -> Iterator[str]:
     s = p.synth_baselines
     editing = [v for v in s.variants if v in TRAINING_IMAGE_VARIANTS]
     if editing and s.num_samples > train:
-        yield (f"synth_baselines.num_samples = {s.num_samples} with {' and '.join(editing)} in "
+        yield (f"synth_baselines.num_samples = {s.num_samples} with {', '.join(editing)} in "
                f"synth_baselines.variants: must be at most the number of ID training images, {train:,} ({source}), "
-               "as KIRBY edits each chosen training image once; lower it or drop those variants")
+               "as each of them edits every chosen training image once; lower it or drop those variants")
 
     if p.combine.detector not in ("none", *b.detectors):
         yield (f"combine.detector = {p.combine.detector!r} is not among baselines.detectors; add it there or set "

@@ -43,7 +43,7 @@ def main(params: Params, variant: str, train: Path, latents: Path, class_means: 
         decode=split_over_ranks(partial(decode_to_images, load_generator(generator), batch_size=params.synth.batch_size),
                                 params.synth.batch_size),
         feature_maps=group["id_train"]["feature_map"], logits=group["id_train"]["logits"],
-        class_weights=model.classifier_head().weight.detach(), id_features=id_features)
+        class_weights=model.classifier_head().weight.detach(), id_features=id_features, classifier=model)
     synthesised = VARIANTS[variant].synthesise(sources, params.synth_baselines.to(VariantConfig))
     if isinstance(synthesised, np.ndarray):  # images pass through the ID files' encoding, as DMR's (synth.encoding)
         id_attrs = open_zarr(train, "the datasets (stage data)").attrs

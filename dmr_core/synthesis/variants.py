@@ -20,6 +20,7 @@ import torch
 from .kirby import class_activation_maps, erase_and_inpaint
 from .latent_mixing import class_means, sample_sources, synthesize_latents
 from .mim import pixel_mixup
+from .saliency_shuffle import input_saliency, shuffle_salient_pixels
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class VariantConfig:
     lambda_max: float
     num_samples: int
     kirby_threshold: float
+    saliency_share: float
     seed: int
 
 
@@ -50,6 +52,7 @@ class SynthesisSources:
     logits: Any                                 # F's logits of each
     class_weights: torch.Tensor                 # F's last linear layer (classes × C), for class activation maps
     id_features: Any                            # F's representation the head reads (head.feature) of each
+    classifier: Any = None                      # F itself, for the variants that need its gradients
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,16 @@ def kirby(sources: SynthesisSources, config: VariantConfig) -> np.ndarray:
     predicted = torch.from_numpy(np.asarray(sources.logits[:])[chosen]).argmax(1)
     cams = class_activation_maps(feature_maps, sources.class_weights, predicted).numpy()
     return erase_and_inpaint(images[chosen], cams, config.kirby_threshold)
+
+
+def saliency_shuffle(sources: SynthesisSources, config: VariantConfig) -> np.ndarray:
+    """ASCOOD's outliers: a seeded subset of the ID images, each with the pixels its true class's gradient marks
+    most shuffled among themselves (:mod:`.saliency_shuffle`)."""
+    images = np.asarray(sources.images[:])
+    rng = np.random.default_rng(config.seed)
+    chosen = np.sort(rng.permutation(len(images))[: config.num_samples])
+    saliency = input_saliency(sources.classifier, images[chosen], np.asarray(sources.labels)[chosen])
+    return shuffle_salient_pixels(images[chosen], saliency, config.saliency_share, rng)
 
 
 def dmr_kirby(sources: SynthesisSources, config: VariantConfig) -> np.ndarray:
@@ -137,13 +150,17 @@ class Variant:
     synthesise: Callable[[SynthesisSources, VariantConfig], Synthesised]
     paper_table1_row: str | None = None                             # the paper's row for it, where it has one
     paper_table3_row: str | None = None
+    edits_training_images: bool = False   # each synthesised image is one distinct ID training image, edited
+    reads_class_activation_maps: bool = False  # F's CAM from the feature map (the head's layer must allow it)
 
 
 VARIANTS: dict[str, Variant] = {
     "mlm": Variant("MLM (eq. 4)", partial(latent_mixing, method="mlm"), paper_table3_row="MLM"),
     "dmr": Variant("DMR-single (eq. 6)", partial(latent_mixing, method="dmr", k=1), paper_table3_row="DMR-single"),
     "mim": Variant("MIM", mim, paper_table1_row="MIM"),
-    "kirby": Variant("KIRBY", kirby, paper_table1_row="KIRBY"),
-    "dmr_kirby": Variant("DMR + KIRBY", dmr_kirby),
+    "kirby": Variant("KIRBY", kirby, paper_table1_row="KIRBY", edits_training_images=True,
+                     reads_class_activation_maps=True),
+    "dmr_kirby": Variant("DMR + KIRBY", dmr_kirby, edits_training_images=True, reads_class_activation_maps=True),
     "feature_dmr": Variant("DMR in F's feature space (eq. 7, no generator)", feature_dmr),
+    "saliency_shuffle": Variant("ASCOOD (salient pixels shuffled)", saliency_shuffle, edits_training_images=True),
 }

@@ -219,8 +219,8 @@ def test_kirby_cannot_edit_more_images_than_there_are():
     raw["data"]["train_per_class"] = 20
     raw["baselines"]["reference_images"] = 100
     raw["synth_baselines"]["num_samples"] = 201
-    with pytest.raises(ParamsError, match=r"synth_baselines\.num_samples = 201 with kirby and dmr_kirby in "
-                                          r"synth_baselines\.variants: must be at most .* 200"):
+    with pytest.raises(ParamsError, match=r"synth_baselines\.num_samples = 201 with kirby, dmr_kirby, "
+                                          r"saliency_shuffle in synth_baselines\.variants: must be at most .* 200"):
         parse_params(raw)
     raw["synth_baselines"]["variants"] = ["mlm", "mim"]  # these sample with replacement
     assert parse_params(raw).synth_baselines.num_samples == 201

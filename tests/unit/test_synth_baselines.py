@@ -81,17 +81,23 @@ def test_every_variant_synthesises_from_the_same_sources():
                                class_means=class_means(latents, labels, 10)[0], decode=decode,
                                feature_maps=feats["feature_map"], logits=feats["logits"],
                                class_weights=model.classifier_head().weight.detach(),
-                               id_features=feats["feature_map"])
+                               id_features=feats["feature_map"], classifier=model)
     config = VariantConfig(k=3, lambda_dist="uniform", lambda_min=1.0, lambda_max=3.0, num_samples=20,
-                           kirby_threshold=0.3, seed=0)
+                           kirby_threshold=0.3, saliency_share=0.3, seed=0)
     made = {name: variant.synthesise(sources, config) for name, variant in VARIANTS.items()}
     assert {name: len(out) for name, out in made.items()} == {"mlm": 20, "dmr": 20, "mim": 20, "kirby": 20,
-                                                               "dmr_kirby": 40, "feature_dmr": 20}
+                                                               "dmr_kirby": 40, "feature_dmr": 20,
+                                                               "saliency_shuffle": 20}
     features = made.pop("feature_dmr")
     assert isinstance(features, SynthesisedFeatures)
     assert features.features.shape[1:] == feats["feature_map"].shape[1:] and features.features.dtype == np.float16
     assert all(out.dtype == np.uint8 and out.shape[1:] == (32, 32, 3) for out in made.values())
     np.testing.assert_array_equal(made["dmr_kirby"][20:], made["kirby"])  # the union holds the KIRBY set as is
+    # ASCOOD's outliers are the chosen ID images with their pixels moved, never new colours
+    chosen = np.sort(np.random.default_rng(0).permutation(60)[:20])
+    for outlier, image in zip(made["saliency_shuffle"], images[chosen]):
+        assert sorted(map(tuple, outlier.reshape(-1, 3))) == sorted(map(tuple, image.reshape(-1, 3)))
+        assert (outlier != image).any()
     # the latent variants decode eq. 4 (k = 3) and eq. 6 (k = 1) with these settings
     means = class_means(latents, labels, 10)[0]
     common = dict(num_samples=20, lambda_dist="uniform", lambda_min=1.0, lambda_max=3.0, seed=0)
