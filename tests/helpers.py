@@ -192,7 +192,8 @@ USER_IMAGES = {
 
 def cifar100_archive(home: Path, per_class: int = 2) -> Path:
     """A ``cifar100.tar`` in ``home`` laid out as the offline archives are, ``per_class`` flat images per class and
-    split."""
-    files = {f"{split}/{c}/{i}.png": image_bytes((j + i) % 256, (32, 32), "RGB")
+    split (``per_class`` at most 16)."""
+    # every image its own flat colour, so that no test image is a training image (the data stage refuses that)
+    files = {f"{split}/{c}/{i}.png": image_bytes((j, 16 * i, 0 if split == "train" else 255), (32, 32), "RGB")
              for split in ("train", "test") for j, c in enumerate(CIFAR100_CLASSES) for i in range(per_class)}
     return write_tar(home / "cifar100.tar", files, "cifar100")

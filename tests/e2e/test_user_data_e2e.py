@@ -47,7 +47,8 @@ def test_a_user_image_folder_runs_the_whole_pipeline(tmp_path):
                  "test_per_class": 0},
         "classifier": {"init": "scratch", "epochs": 10, "batch_size": 16, "lr": 0.05},
         "synth": {"k": 2, "num_samples": 100, "batch_size": 64},
-        "synth_baselines": {"k": 3, "num_samples": 60, "variants": ["kirby"]},
+        # KIRBY's CAM needs the pooled layer, so with features.layer: layer2 a variant without it
+        "synth_baselines": {"k": 3, "num_samples": 60, "variants": ["mim"]},
         "baselines": {"knn_k": 5, "reference_images": 50, "detectors": ["MSP", "KNN"]},
         # what the head reads and how wide it is, off their defaults: every reader must take them from the artifacts
         "features": {"layer": "layer2"},

@@ -19,7 +19,8 @@ def feature_sources(features: np.ndarray, labels: np.ndarray) -> SynthesisSource
 
 def config(k: int = 3, num_samples: int = 50, seed: int = 0, **changes) -> VariantConfig:
     return VariantConfig(**{"k": k, "lambda_dist": "uniform", "lambda_min": 1.0, "lambda_max": 3.0,
-                            "num_samples": num_samples, "kirby_threshold": 0.3, "seed": seed, **changes})
+                            "num_samples": num_samples, "kirby_threshold": 0.3, "saliency_share": 0.3, "seed": seed,
+                            **changes})
 
 
 def post_relu_features(n: int = 60, classes: int = 5, draw: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,8 @@ def test_saliency_is_the_true_class_logits_input_gradient_per_image():
     for i in range(5):
         x = torch.from_numpy(images[i:i + 1]).permute(0, 3, 1, 2).float().div(255).requires_grad_(True)
         model(x)[0, labels[i]].backward()
-        np.testing.assert_allclose(saliency[i], x.grad.abs().sum(1)[0].numpy(), rtol=1e-4, atol=1e-6)  # batch size changes the rounding only
+        # the batch size changes the rounding only
+        np.testing.assert_allclose(saliency[i], x.grad.abs().sum(1)[0].numpy(), rtol=1e-4, atol=1e-6)
     assert saliency.shape == (5, 32, 32) and (saliency >= 0).all()
 
 

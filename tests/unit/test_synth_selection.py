@@ -1,4 +1,5 @@
-"""head.synth_keep: the synthesised images the head trains on, all or those the frozen classifier is most confident on."""
+"""head.synth_keep: the synthesised images the head trains on, all or those the frozen classifier is most confident
+on."""
 
 from __future__ import annotations
 
