@@ -1,13 +1,13 @@
 """Benchmark the pipeline: on a fixed CIFAR-10 subset, or a whole profile end to end.
 
 Copies the project (the working tree's committed files, or ``--ref``) to a scratch folder, shrinks
-params.yaml to the subset, runs each stage of the DMR path through DVC one at a time, and prints wall time,
-images/s and peak RSS per stage (encode = latents, synthesize = ood_synth, feature extraction = features,
-head training = rejection_head), then the rest of the pipeline (post-hoc and synthesis baselines, combined
-score, report),
-the full-run time and the time of a λ-only re-run. Writes the figures as JSON (default
-metrics/bench.json) so that `dvc metrics diff` shows speed regressions. ``--compare REF`` benchmarks an
-older commit in the same invocation and prints both side by side.
+params.yaml to the subset (``-S key=value`` over it, e.g. ``data.image_size=64``), runs each stage of the DMR path
+through DVC one at a time, and prints wall time, images/s and peak RSS per stage (encode = latents, synthesize =
+ood_synth, feature extraction = features, head training = rejection_head), then every other stage (post-hoc and
+synthesis baselines, combined score, report) one at a time with its wall time and peak RSS, the full-run time and
+the time of a λ-only re-run. Writes the figures as JSON (default metrics/bench.json) so that `dvc metrics diff`
+shows speed regressions. ``--compare REF`` benchmarks an older commit in the same invocation and prints both side
+by side.
 
 ``--profile NAME`` instead runs every stage of a profile (``dmr profiles``; its params over params.yaml, then
 ``-S key=value`` over them) through DVC one at a time, in pipeline order, and prints each stage's wall time,
@@ -16,6 +16,7 @@ metrics/bench_gpu.json (the device named inside) on a GPU machine, elsewhere onl
 ``--until STAGE`` stops after that stage.
 
     DMR_DATA_HOME=../shared/data python bench/bench.py --train-per-class 500
+    DMR_DATA_HOME=../shared/data python bench/bench.py -S data.image_size=64 --out metrics/bench_64px.json
     DMR_DATA_HOME=../shared/data python bench/bench.py --compare <old-commit> --out /tmp/bench.json
     DMR_DATA_HOME=/abs/path/to/data python bench/bench.py --profile gpu_paper_scale
 """
@@ -38,6 +39,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the working tree's library (profiles, params), as the stages in its copy use
+
+from dmr_core.synthesis.variants import VARIANTS, variant_sample_count  # noqa: E402 -- after the path
 # what gpu_paper_scale must fit in, end to end on one GPU
 GPU_BUDGET_S = 600
 GPU_FIGURES = ROOT / "metrics" / "bench_gpu.json"
@@ -92,9 +95,11 @@ def stage_images(params: dict, n_train: int, n_test: int, n_ood: int) -> dict[st
         "rejection_head": (n_train + n_synth) * head_epochs + n_synth,
         "baselines": n_test + n_ood, "eval": n_test + n_ood, "combine": n_test + n_ood,
     }
+    asked = params["synth_baselines"]["num_samples"]
     for variant in params["synth_baselines"]["variants"]:
         # synthesised (dmr_kirby: two sets), their features, then the head over ID train and them
-        synthesised = params["synth_baselines"]["num_samples"] * (2 if variant == "dmr_kirby" else 1)
+        count = variant_sample_count(variant, asked, n_synth, n_train) if variant in VARIANTS else int(asked)
+        synthesised = count * (2 if variant == "dmr_kirby" else 1)
         images[f"synth_baseline@{variant}"] = synthesised + (n_train + synthesised) * head_epochs
     return images
 
@@ -112,11 +117,14 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024
 
 
-def bench(train_per_class: int, ref: str | None = None) -> dict:
-    """Benchmark the working tree (or commit ``ref``); returns the figures and prints them as it goes."""
+def bench(train_per_class: int, ref: str | None = None, overrides: list[str] = ()) -> dict:
+    """Benchmark the working tree (or commit ``ref``) with ``overrides`` (``key=value``) over the subset's
+    params; returns the figures and prints them as it goes."""
+    from dmr_core.profiles.compose import apply_overrides, parse_assignment
+
     n_train = 10 * train_per_class
     n_test = 10 * max(1, train_per_class // 5)
-    print(f"--- {ref or 'working tree'}: {n_train} train images")
+    print(f"--- {ref or 'working tree'}: {n_train} train images{' ' + ' '.join(overrides) if overrides else ''}")
     with tempfile.TemporaryDirectory(prefix="dmr-bench-") as tmp:
         project = Path(tmp)
         copy_project(project, ref)
@@ -126,10 +134,12 @@ def bench(train_per_class: int, ref: str | None = None) -> dict:
         # the default's ratio of synthesised to training images (50,000 : 50,000 in the paper), on the subset
         full_train = 50000
         for section in ("synth", "synth_baselines"):
-            params[section]["num_samples"] = max(1, round(params[section]["num_samples"] * n_train / full_train))
+            if params[section]["num_samples"] != "auto":  # auto follows synth.num_samples
+                params[section]["num_samples"] = max(1, round(params[section]["num_samples"] * n_train / full_train))
         # a subset of the training images: at most all of them (params validation refuses more)
         if "reference_images" in params["baselines"]:  # (older commits, for --compare, lack the key)
             params["baselines"]["reference_images"] = min(params["baselines"]["reference_images"], n_train)
+        params = apply_overrides(params, dict(parse_assignment(text) for text in overrides))
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         ood_images = n_test * len(params["data"]["ood_sets"])
         images = stage_images(params, n_train, n_test, ood_images)
@@ -140,7 +150,13 @@ def bench(train_per_class: int, ref: str | None = None) -> dict:
             stages[stage] = {"wall_s": round(wall, 2), "images_per_s": round(rate, 1), "peak_rss_mb": round(rss, 1)}
             print(f"{stage:>15}: {wall:7.1f} s  {rate:9.1f} images/s  peak RSS {rss:7.1f} MB")
         dmr_path_s = sum(s["wall_s"] for s in stages.values())
-        rest, rest_rss = timed(["dvc", "repro"], project)
+        others = {}
+        for stage in (stage for stage in pipeline_order(project) if stage not in stages):
+            wall, rss = timed(["dvc", "repro", "--single-item", stage], project)
+            others[stage] = {"wall_s": round(wall, 2), "peak_rss_mb": round(rss, 1)}
+            print(f"{stage:>15}: {wall:7.1f} s  {'':>19}peak RSS {rss:7.1f} MB")
+        rest = sum(s["wall_s"] for s in others.values())
+        rest_rss = max((s["peak_rss_mb"] for s in others.values()), default=0.0)
         print(f"{'baselines+report':>15}: {rest:7.1f} s  peak RSS {rest_rss:7.1f} MB")
         params["synth"]["lambda_max"] = 2.0
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -150,7 +166,8 @@ def bench(train_per_class: int, ref: str | None = None) -> dict:
           f"({100 * rerun / full:.0f} % of the full run)")
     return {
         "subset": {"train_images": n_train, "test_images": n_test, "ood_images": ood_images},
-        "stages": stages, "dmr_path_s": round(dmr_path_s, 2), "baselines_and_report_s": round(rest, 2),
+        "overrides": list(overrides), "stages": stages, "other_stages": others,
+        "dmr_path_s": round(dmr_path_s, 2), "baselines_and_report_s": round(rest, 2),
         "baselines_and_report_peak_rss_mb": round(rest_rss, 1), "full_run_s": round(full, 2),
         "lambda_rerun_s": round(rerun, 2), "lambda_rerun_pct_of_full": round(100 * rerun / full, 1),
         "lambda_rerun_peak_rss_mb": round(rerun_rss, 1),
@@ -225,7 +242,8 @@ def main() -> None:
     parser.add_argument("--compare", metavar="REF", help="also benchmark this git commit, side by side")
     parser.add_argument("--profile", metavar="NAME", help="run this profile end to end instead (dmr profiles)")
     parser.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
-                        help="with --profile: a params value over the profile's (as dvc exp run -S)")
+                        help="a params value over the subset's, or with --profile over the profile's (as dvc exp "
+                             "run -S)")
     parser.add_argument("--until", metavar="STAGE", help="with --profile: stop after this stage")
     parser.add_argument("--out", type=Path, help="the JSON file to write (default metrics/bench.json; with "
                                                  "--profile, metrics/bench_gpu.json on a GPU machine)")
@@ -244,7 +262,7 @@ def main() -> None:
         out.write_text(json.dumps(result, indent=2) + "\n")
         return
     args.out = args.out or ROOT / "metrics" / "bench.json"
-    result.update(bench(args.train_per_class))
+    result.update(bench(args.train_per_class, overrides=args.set_param))
     if args.compare:
         before = bench(args.train_per_class, args.compare)
         print(f"\n{'stage':>15} | {args.compare[:10]:>12} | {'now':>8} | speed-up")

@@ -293,7 +293,7 @@ def score(
         # the output is opened (under a temporary name) before the first image is read: an unwritable --out fails
         # now, not after every image is scored
         with sink_for(out, scorer.describe()) as sink:
-            counts = score_stream(scorer, read_inputs(paths), sink, batch_size,
+            counts = score_stream(scorer, read_inputs(paths, scorer.image_size), sink, batch_size,
                                   on_unreadable=lambda name, why: typer.echo(f"unreadable: {name}: {why}", err=True))
     except OSError as err:
         _fail(os_fault_message(err) or f"cannot write {out}: {err}")
@@ -314,12 +314,12 @@ def export_model(
     keep: float = typer.Option(0.95, "--keep", min=0.0, max=1.0, help=KEEP_HELP),
 ) -> None:
     """Write the trained classifier, rejection head, the combined score's parts and the thresholds as one file
-    that loads with nothing of this project: forward(uint8 N×32×32×3) → logits, predicted, confidence, dmr_score,
-    dmr_is_ood, combined_score, combined_is_ood, is_ood."""
+    that loads with nothing of this project: forward(uint8 N×S×S×3, S the run's image size) → logits, predicted,
+    confidence, dmr_score, dmr_is_ood, combined_score, combined_is_ood, is_ood."""
     from .runtime.os_faults import os_fault_message
 
     from .errors import DataError
-    from .serving.export import FORMATS, INPUT_CONTRACT, SUFFIXES, export_detector
+    from .serving.export import FORMATS, SUFFIXES, export_detector
 
     by_suffix = {suffix: name for name, suffix in SUFFIXES.items()}
     chosen = fmt or by_suffix.get(out.suffix.lower(), "pt2")
@@ -342,7 +342,7 @@ def export_model(
     decided = (f"{meta['combined']['method']} (> {meta['combined']['threshold']:.6g})"
                if meta["decision"] == "combined" else f"the DMR score (> {meta['threshold']:.6g})")
     typer.echo(f"wrote {out} ({chosen}, {out.stat().st_size / 1e6:.1f} MB): is_ood by {decided}, keeping "
-               f"{meta['keep']} of ID images [{trained.decision_reason}]; input {INPUT_CONTRACT}")
+               f"{meta['keep']} of ID images [{trained.decision_reason}]; input {meta['input']}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 import os
 import reprlib
+import types
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,16 +40,25 @@ from .data.leakage import path_relation
 from .data.sources import is_archive
 from .detectors.posthoc import DETECTORS
 from .errors import DataError, ParamsError
-from .nets.classifier import ARCH_NAMES, DROPOUT_ARCHS, PRETRAINED_FILES, TORCHVISION_PREFIX, architecture_layout
+from .images import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, downsampling_ladder
+from .nets.classifier import (
+    ARCH_NAMES,
+    AUTO_INPUT_SIZE,
+    DROPOUT_ARCHS,
+    PRETRAINED_FILES,
+    TORCHVISION_PREFIX,
+    architecture_layout,
+    input_size_problem,
+)
 from .nets.classifier_base import AUTO_LAYER
 from .nets.features import REPRESENTATIONS
 from .nets.external_generator import ENTRY_POINT
-from .nets.generator import EXTERNAL_KIND, GENERATOR_KINDS
+from .nets.generator import EXTERNAL_KIND, GENERATOR_KINDS, spatial_grid_cells
 from .runtime.machine import memory_size
 from .synthesis.detail import DETAIL_KINDS
 from .synthesis.latent_mixing import LAMBDA_DISTRIBUTIONS, METHODS
 from .synthesis.latent_routes import ROUTES
-from .synthesis.variants import VARIANTS
+from .synthesis.variants import AUTO_COUNT, VARIANTS
 
 # Seeds go to random, NumPy and torch generators; 32 bits is what all of them accept.
 MAX_SEED = 2**32 - 1
@@ -85,6 +95,17 @@ def _held_in_memory(cost: tuple[int, str], power: int = 1, **constraints: Any) -
     return Field(**constraints, json_schema_extra={"item_bytes": cost[0], "item": cost[1], "power": power})
 
 
+def memory_cost(field: Any) -> dict[str, Any] | None:
+    """The cost a field declared with :func:`_held_in_memory` carries, itself or as the number of ``auto | number``
+    (``Literal["auto"] | Annotated[int, _held_in_memory(...)]``); None for a field without one."""
+    extras = [field.json_schema_extra]
+    if typing.get_origin(field.annotation) in (typing.Union, types.UnionType):
+        extras += [meta.json_schema_extra for member in typing.get_args(field.annotation)
+                   if typing.get_origin(member) is Annotated for meta in member.__metadata__
+                   if hasattr(meta, "json_schema_extra")]
+    return next((extra for extra in extras if isinstance(extra, dict) and "item_bytes" in extra), None)
+
+
 def memory_needed(value: int, extra: dict[str, Any]) -> int:
     """The least memory ``value`` of a key declared with :func:`_held_in_memory` needs, in bytes."""
     return value ** extra["power"] * extra["item_bytes"]
@@ -115,7 +136,10 @@ class _Section(BaseModel):
     @classmethod
     def _booleans_are_not_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         annotation = cls.model_fields[info.field_name].annotation
-        if isinstance(value, bool) and annotation in (int, float):
+        numbers = {annotation} | {typing.get_args(a)[0] if typing.get_origin(a) is Annotated else a
+                                  for a in typing.get_args(annotation)
+                                  if typing.get_origin(annotation) in (typing.Union, types.UnionType)}
+        if isinstance(value, bool) and numbers & {int, float}:
             raise ValueError("a number is needed here, not true/false")
         if annotation is bool and not isinstance(value, bool):
             raise ValueError("must be true or false")
@@ -137,8 +161,8 @@ class _Section(BaseModel):
     @field_validator("*", mode="after")
     @classmethod
     def _fits_in_memory(cls, value: Any, info: ValidationInfo) -> Any:
-        extra = cls.model_fields[info.field_name].json_schema_extra
-        if isinstance(extra, dict) and "item_bytes" in extra and isinstance(value, int):
+        extra = memory_cost(cls.model_fields[info.field_name])
+        if extra is not None and isinstance(value, int):
             needed, machine = memory_needed(value, extra), memory_size()
             if needed > machine:
                 each = "for each" if extra["power"] == 1 else "times its square"
@@ -163,7 +187,14 @@ class DataParams(_Section):
                                           ge=1)
     ood_encoding: Literal["auto", "none", "jpeg"]
     ood_jpeg_quality: int = Field(ge=1, le=100, description="the JPEG quality of data.ood_encoding: jpeg")
+    image_size: int = Field(ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE, description="one of the sizes the nets build")
     seed: Seed
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size_is_buildable(cls, value: int) -> int:
+        downsampling_ladder(value)  # its ValueError lists the sizes that are
+        return value
 
     @field_validator("id_set")
     @classmethod
@@ -231,6 +262,8 @@ class ClassifierParams(_Section):
     weight_decay: float = Field(ge=0)
     dropout: float = Field(ge=0, lt=1, description="> 0 only for the architectures that have a dropout (checked in "
                                                    "Params)")
+    input_size: Literal["auto"] | Annotated[int, Field(ge=MIN_IMAGE_SIZE, le=1024)] = Field(
+        description="auto, or the side a torchvision model's input is resized to")
     seed: Seed
 
     @field_validator("arch", mode="before")
@@ -314,6 +347,7 @@ class SynthParams(_Section):
 class FeaturesParams(_Section):
     batch_size: int = _held_in_memory(_FLOAT32_IMAGE, ge=1)
     layer: str = Field(min_length=1, description="a module of the classifier, or auto (checked in Params)")
+    max_grid: int = Field(ge=0, description="0 = the feature map as it comes; else its largest grid side")
 
 
 class HeadParams(_Section):
@@ -380,7 +414,8 @@ class SynthBaselinesParams(_Section):
     lambda_dist: LambdaDistribution
     lambda_min: float = Field(gt=0)
     lambda_max: float = Field(gt=0)
-    num_samples: int = _held_in_memory(_UINT8_IMAGE, ge=1)
+    num_samples: Literal["auto"] | Annotated[int, _held_in_memory(_UINT8_IMAGE, ge=1)] = Field(
+        description="auto = synth.num_samples, capped at the ID training images for a variant that edits them")
     kirby_threshold: float = Field(gt=0, lt=1)
     saliency_share: float = Field(gt=0, lt=1, description="the share of pixels saliency_shuffle permutes")
     seed: Seed
@@ -570,6 +605,14 @@ def _problems(p: Params) -> Iterator[str]:
                f"(classifier.checkpoint: {USER_CHECKPOINT_FOLDER}/<file>), or set classifier.init: pretrained or "
                "scratch")
 
+    if c.input_size != AUTO_INPUT_SIZE and not c.arch.startswith(TORCHVISION_PREFIX):
+        yield (f"classifier.input_size = {c.input_size} with classifier.arch = {c.arch!r}: only a torchvision model "
+               "resizes its input; the CIFAR-stem nets are built for the data's size (data.image_size); set "
+               "classifier.input_size: auto")
+    elif c.arch.startswith(TORCHVISION_PREFIX) and (
+            problem := input_size_problem(c.arch, p.data.image_size, c.input_size)) is not None:
+        yield problem
+
     # The representation the head reads: a module of the classifier, known from the architecture alone.
     layout = architecture_layout(c.arch)
     layer = p.features.layer
@@ -595,10 +638,12 @@ def _problems(p: Params) -> Iterator[str]:
                "name; set generator.perceptual_weight: 0 or use a built-in classifier.arch")
 
     g = p.generator
-    cells = GENERATOR_KINDS["spatial_vae"].GRID ** 2
+    cells = spatial_grid_cells(p.data.image_size)
     if g.kind == "spatial_vae" and g.latent_dim % cells:
-        yield (f"generator.latent_dim = {g.latent_dim} with generator.kind = spatial_vae: the latent is channels on a "
-               f"4×4 grid, so generator.latent_dim must be a multiple of {cells} (e.g. 256)")
+        side = round(cells ** 0.5)
+        yield (f"generator.latent_dim = {g.latent_dim} with generator.kind = spatial_vae and data.image_size = "
+               f"{p.data.image_size}: the latent is channels on a {side}×{side} grid, so generator.latent_dim must "
+               f"be a multiple of {cells} (e.g. {16 * cells})")
     yield from _generator_problems(p)
     for term in ("adversarial", "perceptual"):
         start = getattr(g, f"{term}_start_epoch")
@@ -628,6 +673,11 @@ def _problems(p: Params) -> Iterator[str]:
                "ViM scores what lies outside its vim_dim-dimensional principal subspace; lower it or change "
                "classifier.arch")
     train, source = id_train_images(p.data)
+    held = train * p.data.image_size ** 2 * 3
+    if held > memory_size():
+        yield (f"data.image_size = {p.data.image_size}: the stages hold the ID training set whole, {train:,} images "
+               f"({source}) of {p.data.image_size}×{p.data.image_size}×3 bytes = {_size_text(held)}, and this machine "
+               f"has {_size_text(memory_size())}; lower data.image_size or data.train_per_class")
     if b.knn_k > train:
         yield (f"baselines.knn_k = {b.knn_k}: must be at most the number of ID training images, {train:,} "
                f"({source}), among which KNN finds the neighbours; lower it or raise data.train_per_class")
@@ -637,10 +687,11 @@ def _problems(p: Params) -> Iterator[str]:
                "data.train_per_class")
     s = p.synth_baselines
     editing = [v for v in s.variants if v in TRAINING_IMAGE_VARIANTS]
-    if editing and s.num_samples > train:
+    if editing and s.num_samples != AUTO_COUNT and s.num_samples > train:
         yield (f"synth_baselines.num_samples = {s.num_samples} with {', '.join(editing)} in "
                f"synth_baselines.variants: must be at most the number of ID training images, {train:,} ({source}), "
-               "as each of them edits every chosen training image once; lower it or drop those variants")
+               "as each of them edits every chosen training image once; lower it, set it to auto or drop those "
+               "variants")
 
     if p.combine.detector not in ("none", *b.detectors):
         yield (f"combine.detector = {p.combine.detector!r} is not among baselines.detectors; add it there or set "

@@ -33,8 +33,9 @@ def main(params: Params, datasets: Path, classifier: Path, features: Path, score
     group = open_features(features)
     ood_sets = list(group.attrs["ood_sets"])
     train = {r: np.asarray(group["id_train"][r][:]) for r in REPRESENTATIONS}
-    detectors = fit_detectors(load_classifier(classifier, params.features.layer), train, np.asarray(group["id_train"]["labels"][:]),
-                              p.to(PosthocSettings), tuple(p.detectors))
+    model = load_classifier(classifier, params.features.layer, params.features.max_grid)
+    detectors = fit_detectors(model, train, np.asarray(group["id_train"]["labels"][:]), p.to(PosthocSettings),
+                              tuple(p.detectors))
     reference = reference_rows(len(train["logits"]), p.reference_images, p.reference_seed)
 
     def images(path: Path):

@@ -32,7 +32,8 @@ def main(params: Params, train: Path, test: Path, out: Path, metrics: Path, curv
     provenance = ({"checkpoint": p.checkpoint, "checkpoint_sha256": file_sha256(p.checkpoint)}
                   if p.init == "checkpoint" and p.checkpoint is not None else {})
     seed_everything(p.seed)  # a from-scratch initialisation draws from the global RNG
-    model = initial_classifier(p.arch, p.init, len(class_names), class_names, p.checkpoint, p.dropout)
+    model = initial_classifier(p.arch, p.init, len(class_names), class_names, p.checkpoint, p.dropout,
+                               image_size=train_x.shape[1], input_size=p.input_size)
     before = accuracy(model, test_x, test_y) if p.init != "scratch" else None
     history = train_classifier(model, train_x, train_y, p.to(ClassifierTrainingConfig))
     if not is_main():  # under torchrun every rank holds the same weights; rank 0 writes them

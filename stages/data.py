@@ -1,7 +1,8 @@
-"""Stage data: the ID train/test splits and every OOD test set → uint8 zarr image sets (N×32×32×3), and what was
-read from where. Each OOD set is passed through the ID data's encoding (data.ood_encoding) and, when one was applied,
-also kept as stored under ``<name>.as_stored``. Every test set counts each image once, and none holds an image of the
-other side (no ID image in an OOD set, no training image in the ID test split)."""
+"""Stage data: the ID train/test splits and every OOD test set → uint8 zarr image sets (N×S×S×3, S =
+data.image_size), and what was read from where. Each OOD set is passed through the ID data's encoding
+(data.ood_encoding) and, when one was applied, also kept as stored under ``<name>.as_stored``. Every test set counts
+each image once, and none holds an image of the other side (no ID image in an OOD set, no training image in the ID
+test split)."""
 
 from __future__ import annotations
 
@@ -33,13 +34,13 @@ def _summary(image_set: ImageSet) -> dict:
 def main(params: Params, out: Path, metrics: Path) -> None:
     p = params.data
     selection = select_ood_sets(p.ood_sets, p.id_set)
-    summary: dict = {"id_set": p.id_set, "id_name": set_name(p.id_set),
+    summary: dict = {"id_set": p.id_set, "id_name": set_name(p.id_set), "image_size": p.image_size,
                      "ood_suite": {"asked": selection.asked, "used": selection.suite}}
     with atomic_output(out) as tmp:
         class_names: list[str] = []
         id_images = {}
         for split, per_class in (("train", p.train_per_class), ("test", p.test_per_class)):
-            image_set = load_id_split(p.id_set, split, per_class=per_class, seed=p.seed)
+            image_set = load_id_split(p.id_set, split, per_class=per_class, seed=p.seed, size=p.image_size)
             if split == "test":
                 image_set = without_repeats(image_set)
                 refuse_shared_images({"": image_set.images}, {"id_train": id_train.images}, "the ID test split",
@@ -60,7 +61,7 @@ def main(params: Params, out: Path, metrics: Path) -> None:
         for spec in selection.sets:
             name = set_name(spec)
             image_set = without_repeats(load_ood_set(spec, max_images=p.ood_max, seed=p.seed,
-                                                     gaussian_count=p.gaussian_count))
+                                                     gaussian_count=p.gaussian_count, size=p.image_size))
             forms = {"as stored": image_set.images}
             if encoding is not None:
                 forms["passed through the ID encoding"] = jpeg_round_trip(image_set.images, encoding)

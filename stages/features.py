@@ -19,7 +19,7 @@ ROWS_PER_CHUNK = 2048
 
 
 def main(params: Params, datasets: Path, classifier: Path, out: Path) -> None:
-    model = load_classifier(classifier, params.features.layer)
+    model = load_classifier(classifier, params.features.layer, params.features.max_grid)
     sets = {"id_train": id_split_path(datasets, "train"), "id_test": id_split_path(datasets, "test")}
     ood_sets = read_sets_index(datasets)["ood_sets"]
     sets.update({f"ood/{name}": ood_set_path(datasets, name) for name in ood_sets})

@@ -24,7 +24,8 @@ def main(params: Params, features: Path, ood_synth: Path, classifier: Path, out:
     p = params.head
     id_features = np.asarray(open_features(features)["id_train"][p.feature][:])
     synth_images = np.asarray(open_zarr(ood_synth, "the synthesised OOD set (stage ood_synth)")["images"][:])
-    model, classifier_sha256 = load_classifier_with_digest(classifier, params.features.layer)
+    model, classifier_sha256 = load_classifier_with_digest(classifier, params.features.layer,
+                                                           params.features.max_grid)
     trained = train_head_on_images(model, id_features, synth_images, p.feature, p.to(HeadConfig),
                                    params.features.batch_size)
     if not is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
@@ -37,7 +38,7 @@ def main(params: Params, features: Path, ood_synth: Path, classifier: Path, out:
     with atomic_output(out) as tmp:
         # the head carries what it was made from, so that every reader builds F as it was trained on
         save_head(trained.head, p.feature, tmp, feature_layer=params.features.layer,
-                  classifier_sha256=classifier_sha256)
+                  classifier_sha256=classifier_sha256, max_grid=params.features.max_grid)
     write_json(metrics, {
         "feature": p.feature, "in_features": trained.head.config["in_features"],
         "train_loss_per_epoch": [round(v, 5) for v in trained.history.loss],

@@ -4,6 +4,7 @@ set (a sample grid of images; for a set synthesised in feature space, its featur
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from dmr_core.nets.classifier import load_classifier
 from dmr_core.nets.generator import decode_to_images, load_generator
 from dmr_core.params import Params
 from dmr_core.synthesis.baseline import save_synthesised_plot, synthesised_count, train_head_on_synthesised
-from dmr_core.synthesis.variants import VARIANTS, SynthesisSources, VariantConfig
+from dmr_core.synthesis.variants import VARIANTS, SynthesisSources, VariantConfig, variant_sample_count
 from dmr_core.training.head import HeadConfig
 
 from dmr_core.data.layout import ood_features, open_features
@@ -30,7 +31,7 @@ def main(params: Params, variant: str, train: Path, latents: Path, class_means: 
     if variant not in VARIANTS:
         raise ParamsError(f"unknown synthesis variant {variant!r}; choose from {', '.join(VARIANTS)}")
     h = params.head
-    model = load_classifier(classifier, params.features.layer)
+    model = load_classifier(classifier, params.features.layer, params.features.max_grid)
     group = open_features(features)
     id_features = np.asarray(group["id_train"][h.feature][:])
     encoded = open_zarr(latents, "the latents (stage latents)")
@@ -44,7 +45,10 @@ def main(params: Params, variant: str, train: Path, latents: Path, class_means: 
                                 params.synth.batch_size),
         feature_maps=group["id_train"]["feature_map"], logits=group["id_train"]["logits"],
         class_weights=model.classifier_head().weight.detach(), id_features=id_features, classifier=model)
-    synthesised = VARIANTS[variant].synthesise(sources, params.synth_baselines.to(VariantConfig))
+    count = variant_sample_count(variant, params.synth_baselines.num_samples, params.synth.num_samples,
+                                 len(sources.labels))
+    config = dataclasses.replace(params.synth_baselines.to(VariantConfig), num_samples=count)
+    synthesised = VARIANTS[variant].synthesise(sources, config)
     if isinstance(synthesised, np.ndarray):  # images pass through the ID files' encoding, as DMR's (synth.encoding)
         id_attrs = open_zarr(train, "the datasets (stage data)").attrs
         synthesised = encode_like(synthesised, resolve_encoding(params.synth.encoding, stored_encoding(id_attrs)))

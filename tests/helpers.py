@@ -157,6 +157,36 @@ def image_bytes(value: np.ndarray | tuple[int, ...] | int = 0, size: tuple[int, 
     return buffer.getvalue()
 
 
+def write_class_folders(root: Path, classes: tuple[str, ...], counts: dict[str, int], sides: tuple[int, int],
+                        modes: tuple[str, ...], rng: np.random.Generator) -> Path:
+    """An ID set laid out ``root/<split>/<class>/<i>.png`` (``.jpg`` for CMYK, which PNG cannot hold): ``counts``
+    images per class and split, each non-square with sides drawn from ``sides`` (inclusive), one colour per class
+    plus noise, saved in ``modes`` in turn."""
+    for split, count in counts.items():
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                h, w = rng.integers(sides[0], sides[1] + 1, size=2)
+                colour = np.array([60 * c + 20, 200 - 50 * c, 40 + 30 * (c % 2)])
+                pixels = np.clip(colour + rng.normal(0, 25, size=(h, w, 3)), 0, 255).astype(np.uint8)
+                image = Image.fromarray(pixels).convert(modes[i % len(modes)])
+                image.save(folder / f"{i}.{'jpg' if image.mode == 'CMYK' else 'png'}")
+    return root
+
+
+def importable_module(folder: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str):
+    """A fixture's body: module ``name`` of ``source`` importable from ``folder`` while the test runs (yields its
+    name), then forgotten, so the next test imports its own."""
+    import sys
+    import textwrap
+
+    (folder / f"{name}.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(folder))
+    yield name
+    sys.modules.pop(name, None)
+
+
 def write_files(root: Path, files: dict[str, bytes]) -> Path:
     """Each ``{relative name: content}`` written under ``root`` (folders made as needed)."""
     for name, payload in files.items():

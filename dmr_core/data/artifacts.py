@@ -118,10 +118,26 @@ def write_json(path: str | Path, payload: Any) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
+# A chunk is read and written whole, so its size bounds the memory of every reader that streams an array: rows of
+# large images get fewer rows per chunk (a 32-px image set keeps 4,096, a 224-px one 204 … 128)
+MAX_CHUNK_BYTES = 32 * 2**20
+
+
+def chunk_rows(rows_per_chunk: int, row_bytes: int) -> int:
+    """``rows_per_chunk`` halved until a chunk holds at most ``MAX_CHUNK_BYTES`` (or one row): halving keeps it a
+    divisor of the whole chunks a rank writes (``dmr_core.distributed.chunk_shard``), so no chunk has two writers."""
+    rows = rows_per_chunk
+    while rows > 1 and rows * row_bytes > MAX_CHUNK_BYTES:
+        rows //= 2
+    return rows
+
+
 def _create_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype: np.dtype,
                   rows_per_chunk: int) -> zarr.Array:
-    """An empty array chunked along the first axis, every chunk to be stored and checksummed."""
-    chunks = (max(1, min(rows_per_chunk, shape[0])),) + tuple(shape[1:])
+    """An empty array chunked along the first axis (at most ``MAX_CHUNK_BYTES`` a chunk), every chunk to be stored
+    and checksummed."""
+    rows = chunk_rows(rows_per_chunk, int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize)
+    chunks = (max(1, min(rows, shape[0])),) + tuple(shape[1:])
     return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, compressors=CHECKSUMMED_COMPRESSORS,
                               config=STORE_EVERY_CHUNK)
 

@@ -1,4 +1,4 @@
-"""The ID and OOD image sets of a run, read into uint8 arrays (N×32×32×3).
+"""The ID and OOD image sets of a run, read into uint8 arrays (N×S×S×3, S = ``data.image_size``).
 
 ID sets: CIFAR-10 and CIFAR-100 (offline from ``$DMR_DATA_HOME/<name>.tar``, laid out
 ``<name>/<split>/<class>/<file>``, else a torchvision download into ``$DMR_CACHE``), or a user's folder or tar laid
@@ -95,7 +95,7 @@ RELATIVE_PATH_RULE = (
 
 @dataclass
 class ImageSet:
-    """Images (uint8 N×32×32×3), integer labels (-1 for OOD) and what was skipped or changed while reading."""
+    """Images (uint8 N×S×S×3), integer labels (-1 for OOD) and what was skipped or changed while reading."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -210,8 +210,9 @@ def read_split(
     max_images: int = 0,
     seed: int = 0,
     where: str | None = None,
+    size: int = IMAGE_SIZE,
 ) -> ImageSet:
-    """Read the images under ``prefix`` of a tar archive or folder, each brought to 32×32 RGB by
+    """Read the images under ``prefix`` of a tar archive or folder, each brought to ``size`` × ``size`` RGB by
     :func:`~dmr_core.data.sources.fit_image`.
 
     With ``class_names`` the layout is ``<prefix>/<class>/.../<file>`` and labels index ``class_names``; a folder
@@ -249,7 +250,7 @@ def read_split(
         if payload is None:
             skipped["unreadable"] += 1
             continue
-        array, changes, reason = decode_image(payload)
+        array, changes, reason = decode_image(payload, size)
         skipped.update(changes)
         if array is None:
             skipped[reason] += 1
@@ -271,12 +272,12 @@ def read_split(
 
 
 def read_tar_split(archive: Path, top: str, split: str, class_names: tuple[str, ...] | None, per_class: int = 0,
-                   max_images: int = 0, seed: int = 0) -> ImageSet:
+                   max_images: int = 0, seed: int = 0, size: int = IMAGE_SIZE) -> ImageSet:
     """``<top>/<split>/...`` of an offline archive (see :func:`read_split`)."""
     if not archive.is_file():
         raise DataError(f"{archive} not found")
     image_set = read_split(archive, PurePosixPath(top, split), class_names, per_class, max_images, seed,
-                           where=str(archive))
+                           where=str(archive), size=size)
     image_set.source = f"DMR_DATA_HOME/{archive.name}"
     return image_set
 
@@ -412,23 +413,23 @@ def _relative_hint(spec: str) -> str:
     return f" ({RELATIVE_PATH_RULE})" if not os.path.isabs(os.path.expanduser(spec)) else ""
 
 
-def gaussian_noise(count: int, seed: int, smooth: bool) -> np.ndarray:
-    """Gaussian-noise OOD images.
+def gaussian_noise(count: int, seed: int, smooth: bool, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Gaussian-noise OOD images, ``size`` × ``size``.
 
     ``smooth=True`` follows the paper's evaluation: pytorch-ood ``GaussianNoise`` (224×224×3,
-    N(128, 128²), clipped) resized to 32×32 with antialiasing — near-gray, smooth images.
-    ``smooth=False`` draws N(128, 128²) per pixel at 32×32 (``gaussian_raw``, a harder set).
+    N(128, 128²), clipped) resized to ``size`` × ``size`` with antialiasing — near-gray, smooth images.
+    ``smooth=False`` draws N(128, 128²) per pixel at ``size`` (``gaussian_raw``, a harder set).
     """
     import torch
     from torchvision.transforms.v2 import functional as TF
 
     rng = np.random.default_rng(seed)
     if not smooth:
-        return np.clip(rng.normal(128, 128, size=(count, 32, 32, 3)), 0, 255).astype(np.uint8)
+        return np.clip(rng.normal(128, 128, size=(count, size, size, 3)), 0, 255).astype(np.uint8)
     # Same stream as pytorch_ood.dataset.img.GaussianNoise(seed=seed), drawn a batch at a time: N(128, 128²) is
     # 128 + 128·z with the same z and the same float64 arithmetic as rng.normal(128, 128), computed in place in
     # one reused buffer (fresh 240 MB arrays per batch cost more than the draws' arithmetic).
-    out = np.empty((count, 32, 32, 3), dtype=np.uint8)
+    out = np.empty((count, size, size, 3), dtype=np.uint8)
     batch = min(200, count)
     draws = np.empty((batch, 224, 224, 3))
     pixels = np.empty((batch, 224, 224, 3), dtype=np.uint8)
@@ -438,19 +439,19 @@ def gaussian_noise(count: int, seed: int, smooth: bool) -> np.ndarray:
         np.clip(np.add(np.multiply(z, 128.0, out=z), 128.0, out=z), 0, 255, out=z)
         big = pixels[:n]
         big[...] = z  # float64 → uint8 truncates, as astype does
-        small = TF.resize(torch.from_numpy(big).permute(0, 3, 1, 2), [32, 32], antialias=True)
+        small = TF.resize(torch.from_numpy(big).permute(0, 3, 1, 2), [size, size], antialias=True)
         out[start:start + n] = small.permute(0, 2, 3, 1).numpy()
     return out
 
 
-def _from_torch_dataset(dataset, max_images: int, seed: int) -> np.ndarray:
+def _from_torch_dataset(dataset, max_images: int, seed: int, size: int) -> np.ndarray:
     indices = np.arange(len(dataset))
     if max_images and max_images < len(indices):
         indices = np.sort(np.random.default_rng(seed).choice(len(indices), max_images, replace=False))
-    return np.stack([fit_image(dataset[int(i)][0]) for i in indices])
+    return np.stack([fit_image(dataset[int(i)][0], size) for i in indices])
 
 
-def _download_cifar(name: str, split: str, per_class: int, seed: int) -> ImageSet:
+def _download_cifar(name: str, split: str, per_class: int, seed: int, size: int) -> ImageSet:
     import torchvision.datasets
 
     known = BUILTIN_ID_SETS[name]
@@ -466,6 +467,10 @@ def _download_cifar(name: str, split: str, per_class: int, seed: int) -> ImageSe
             np.sort(rng.choice(np.flatnonzero(labels == c), per_class, replace=False)) for c in range(len(known.classes))
         ])
         images, labels = images[keep], labels[keep]
+    if size != images.shape[1]:
+        from PIL import Image
+
+        images = np.stack([fit_image(Image.fromarray(image), size) for image in images])
     return ImageSet(images, labels, list(known.classes), source=f"torchvision {known.torchvision_class} download")
 
 
@@ -492,41 +497,44 @@ def _offline_archive(name: str) -> Path | None:
     return archive if archive.is_file() else None
 
 
-def load_id_split(id_set: str, split: str, per_class: int = 0, seed: int = 0) -> ImageSet:
+def load_id_split(id_set: str, split: str, per_class: int = 0, seed: int = 0, size: int = IMAGE_SIZE) -> ImageSet:
     """The ``train`` or ``test`` split of ``data.id_set``: a built-in set from its offline archive if present, else
     torchvision's download; a user's folder or tar as laid out (classes in sorted order)."""
     info = describe_id_set(id_set)
     if info.source is not None:
-        image_set = read_split(info.source, info.top / split, info.class_names, per_class=per_class, seed=seed)
+        image_set = read_split(info.source, info.top / split, info.class_names, per_class=per_class, seed=seed,
+                               size=size)
         image_set.source = id_set
         return image_set
     archive = _offline_archive(id_set)
     if archive is not None:
         return read_tar_split(archive, OFFLINE_ARCHIVES[id_set][1], split, info.class_names, per_class=per_class,
-                              seed=seed)
+                              seed=seed, size=size)
     try:
-        return _download_cifar(id_set, split, per_class, seed)
+        return _download_cifar(id_set, split, per_class, seed, size)
     except Exception as err:
         raise _missing(id_set, OFFLINE_ARCHIVES[id_set][0], err) from None
 
 
-def load_ood_set(spec: str, max_images: int = 0, seed: int = 0, gaussian_count: int = 10000) -> ImageSet:
+def load_ood_set(spec: str, max_images: int = 0, seed: int = 0, gaussian_count: int = 10000,
+                 size: int = IMAGE_SIZE) -> ImageSet:
     """One OOD test set (labels all -1): generated, an offline archive, a download, or a user's folder or tar of
     images (every image under it, at any depth)."""
     if is_path_spec(spec):
         path = user_path(spec)
         if not (path.is_dir() or is_archive(path)):
             raise DataError(f"OOD set {spec!r}: {path} is not a folder or a .tar archive{_relative_hint(spec)}")
-        image_set = read_split(path, PurePosixPath(), None, max_images=max_images, seed=seed, where=spec)
+        image_set = read_split(path, PurePosixPath(), None, max_images=max_images, seed=seed, where=spec, size=size)
         image_set.source = spec
         return image_set
     if spec in GENERATED_SETS:
         count = min(gaussian_count, max_images) if max_images else gaussian_count
-        images = gaussian_noise(count, seed, smooth=spec == "gaussian")
+        images = gaussian_noise(count, seed, smooth=spec == "gaussian", size=size)
         return ImageSet(images, np.full(count, -1, np.int16), [], source=f"generated, seed {seed}")
     archive = _offline_archive(spec)
     if archive is not None:
-        return read_tar_split(archive, OFFLINE_ARCHIVES[spec][1], "test", None, max_images=max_images, seed=seed)
+        return read_tar_split(archive, OFFLINE_ARCHIVES[spec][1], "test", None, max_images=max_images, seed=seed,
+                              size=size)
     if spec in OFFLINE_OOD_SETS:
         raise DataError(
             f"dataset {spec!r} is not available: put {OFFLINE_ARCHIVES[spec][0]} in the folder named by "
@@ -541,7 +549,7 @@ def load_ood_set(spec: str, max_images: int = 0, seed: int = 0, gaussian_count: 
         dataset = _download(spec, root)
     except Exception as err:
         raise _missing(spec, OFFLINE_ARCHIVES.get(spec, (None,))[0], err) from None
-    images = _from_torch_dataset(dataset, max_images, seed)
+    images = _from_torch_dataset(dataset, max_images, seed, size)
     return ImageSet(images, np.full(len(images), -1, np.int16), [], source=f"download ({spec})")
 
 

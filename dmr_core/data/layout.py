@@ -44,7 +44,7 @@ def ood_set_path(datasets: Path, name: str) -> Path:
 
 
 def read_image_set(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(images uint8 N×32×32×3, labels int64, attrs) of a set written by the data stage."""
+    """(images uint8 N×S×S×3, labels int64, attrs) of a set written by the data stage."""
     group = open_zarr(path, "the datasets (stage data)")
     return np.asarray(group["images"][:]), np.asarray(group["labels"][:]).astype(np.int64), dict(group.attrs)
 

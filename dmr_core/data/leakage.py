@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .sources import IMAGE_SIZE
 
 
 def path_relation(candidate: Path, protected: Path) -> str | None:
@@ -70,6 +69,7 @@ def refuse_test_images(candidates: np.ndarray, test_sets: Mapping[str, np.ndarra
     found = coinciding_images(candidates, test_sets)
     if found.total:
         where = ", ".join(f"{name}: {count:,}" for name, count in found.per_set.items())
+        side = candidates.shape[1]
         raise DataError(f"{what}: {found.total:,} of its {len(candidates):,} images are identical (after the "
-                        f"{IMAGE_SIZE}×{IMAGE_SIZE} resize rule) to test images ({where}); a method must never train "
+                        f"{side}×{side} resize rule) to test images ({where}); a method must never train "
                         "on the images it is tested on: remove them from the outlier set")

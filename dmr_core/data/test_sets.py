@@ -20,7 +20,6 @@ import numpy as np
 from ..errors import DataError
 from .datasets import ImageSet
 from .leakage import coinciding_images, image_digests
-from .sources import IMAGE_SIZE
 
 REPEATED = "repeated"  # the reason counted in an ImageSet's ``skipped`` for each copy dropped
 
@@ -58,5 +57,6 @@ def refuse_shared_images(candidates: Mapping[str, np.ndarray], others: Mapping[s
     if found.total:
         where = ", ".join(f"{name}: {count:,}" for name, count in found.per_set.items())
         encoded = f" {form}" if len(candidates) > 1 else ""
+        side = candidates[form].shape[1]
         raise DataError(f"{what}: {found.total:,} of its {len(candidates[form]):,} images{encoded} are identical "
-                        f"(after the {IMAGE_SIZE}×{IMAGE_SIZE} resize rule) to images of {where}; {remedy}")
+                        f"(after the {side}×{side} resize rule) to images of {where}; {remedy}")

@@ -27,7 +27,7 @@ from .cifar_nets import RESNET_DEPTHS, CifarResNet, DenseNetBC, WideResNet, cifa
 from .classifier_base import AUTO_LAYER, IMAGE_MEAN, IMAGE_STD, Classifier
 from .hooks import on_meta, trace_layers
 from .torchvision_nets import PREFIX as TORCHVISION_PREFIX
-from .torchvision_nets import build_torchvision, torchvision_names
+from .torchvision_nets import TorchvisionClassifier, build_torchvision, torchvision_layout, torchvision_names
 
 # Older code names the base class by its first architectures.
 CifarClassifier = Classifier
@@ -48,6 +48,8 @@ PRETRAINED_URLS = {
 }
 # the class count of the published CIFAR-10 weights
 PRETRAINED_CLASSES = 10
+# classifier.input_size: auto = the images as they come (a model built for one size: that size)
+AUTO_INPUT_SIZE = "auto"
 
 ARCHITECTURES: dict[str, Callable[..., Classifier]] = {
     **{arch: partial(CifarResNet, depth) for arch, depth in RESNET_DEPTHS.items()},
@@ -98,11 +100,14 @@ class ArchitectureLayout:
 
 @functools.cache
 def architecture_layout(arch: str) -> ArchitectureLayout:
-    """``arch`` built on the meta device (no memory, no weights; any class count) and run once on a meta
-    32×32 image, so that a new architecture needs no second table in the params."""
+    """``arch`` built on the meta device (no memory, no weights; any class count) and run once on a meta image
+    (32×32, or the size a torchvision model's weights were trained at), so that a new architecture needs no second
+    table in the params. The layout does not depend on the image size."""
     model = on_meta(lambda: build_classifier(arch, num_classes=2)).eval()
     core = model.core()
-    trace = trace_layers(core, lambda: model(torch.empty(1, 3, 32, 32, device="meta")))
+    size = (torchvision_layout(arch.removeprefix(TORCHVISION_PREFIX)).input_size
+            if arch.startswith(TORCHVISION_PREFIX) else 32)
+    trace = trace_layers(core, lambda: model(torch.empty(1, 3, size, size, device="meta")))
     head = next(name for name, module in core.named_modules() if module is model.classifier_head())
     return ArchitectureLayout(head, model.default_layer, model.pooled_layer, trace.before_head,
                               model.classifier_head().in_features, model.stage_layers())
@@ -198,10 +203,11 @@ def _state_dict_of(payload: object, path: Path) -> dict[str, Tensor]:
 
 
 def load_user_checkpoint(path: str | Path, arch: str, num_classes: int,
-                         class_names: list[str] | None = None, dropout: float = 0.0) -> Classifier:
+                         class_names: list[str] | None = None, dropout: float = 0.0,
+                         image_size: int | None = None) -> Classifier:
     """A classifier of ``arch`` with the weights of a user's file (``classifier.checkpoint``), checked against the
-    architecture (keys, shapes) and the ID data (class count; class names where the file records them) before
-    anything trains. Read with ``weights_only=True``: no object in the file is unpickled."""
+    architecture (keys, shapes) and the ID data (class count; class names and the image size where the file
+    records them) before anything trains. Read with ``weights_only=True``: no object in the file is unpickled."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"classifier.checkpoint {path} not found; relative paths are taken from the project root")
@@ -220,6 +226,11 @@ def load_user_checkpoint(path: str | Path, arch: str, num_classes: int,
         raise CheckpointError(
             f"classifier.checkpoint {path}: its classification layer {head_key} has {state[head_key].shape[0]} "
             f"outputs but the ID data has {num_classes} classes; use a checkpoint trained on these classes")
+    saved_size = payload.get("image_size") if isinstance(payload, dict) else None
+    if image_size is not None and isinstance(saved_size, int) and saved_size != image_size:
+        raise CheckpointError(f"classifier.checkpoint {path} was trained on {saved_size}×{saved_size} images but the "
+                              f"data are {image_size}×{image_size} (data.image_size); set data.image_size: "
+                              f"{saved_size}, or use a checkpoint trained at {image_size} px")
     saved_names = payload.get("class_names") if isinstance(payload, dict) else None
     if class_names is not None and isinstance(saved_names, list) and list(saved_names) != list(class_names):
         raise CheckpointError(f"classifier.checkpoint {path} was trained on the classes {saved_names} but the ID "
@@ -230,39 +241,77 @@ def load_user_checkpoint(path: str | Path, arch: str, num_classes: int,
 
 
 def initial_classifier(arch: str, init: str, num_classes: int, class_names: list[str] | None = None,
-                       checkpoint: str | Path | None = None, dropout: float = 0.0) -> Classifier:
+                       checkpoint: str | Path | None = None, dropout: float = 0.0, image_size: int = 32,
+                       input_size: int | str = AUTO_INPUT_SIZE) -> Classifier:
     """The classifier training starts from (``classifier.init``): published weights, random ones (drawn from the
     global RNG; seed it first), or the user's ``checkpoint``; trained with ``dropout`` (``classifier.dropout``)
     where the architecture has one. Dropout only acts in training: the saved weights load into the network
-    without it (:func:`load_classifier`), which computes the same in eval mode."""
+    without it (:func:`load_classifier`), which computes the same in eval mode. It takes images of ``image_size``
+    (data.image_size), resized first to ``input_size`` (classifier.input_size) where one is asked for."""
     if init == "pretrained":
         check_dropout(arch, dropout)  # none of the published weights' architectures has one
-        return load_pretrained(arch, num_classes)
-    if init == "scratch":
-        return build_classifier(arch, num_classes, dropout)
-    if init == "checkpoint":
+        model = load_pretrained(arch, num_classes)
+    elif init == "scratch":
+        model = build_classifier(arch, num_classes, dropout)
+    elif init == "checkpoint":
         if checkpoint is None:
             raise CheckpointError("classifier.init = 'checkpoint' needs classifier.checkpoint: the file to start from")
-        return load_user_checkpoint(checkpoint, arch, num_classes, class_names, dropout)
-    raise ValueError(f"unknown classifier init {init!r}; choose pretrained, scratch or checkpoint")
+        model = load_user_checkpoint(checkpoint, arch, num_classes, class_names, dropout, image_size)
+    else:
+        raise ValueError(f"unknown classifier init {init!r}; choose pretrained, scratch or checkpoint")
+    return set_input_size(model, image_size, input_size)
+
+
+def input_size_problem(arch: str, image_size: int, input_size: int | str = AUTO_INPUT_SIZE) -> str | None:
+    """Why ``arch`` cannot classify images of ``image_size`` resized to ``input_size`` (one forward pass on the
+    meta device, no weights), as one line naming the keys; None if it can."""
+    model = set_input_size(on_meta(lambda: build_classifier(arch, num_classes=2)).eval(), image_size, input_size)
+    try:
+        model(torch.empty(1, 3, image_size, image_size, device="meta"))
+    except (RuntimeError, ValueError) as err:
+        seen = model.input_size if isinstance(model, TorchvisionClassifier) and model.input_size else image_size
+        detail = " ".join(str(err).split())[:120]
+        return (f"classifier.arch = {arch!r} cannot take {seen}×{seen} images (data.image_size = {image_size}, "
+                f"classifier.input_size = {input_size!r}: {detail}); raise data.image_size or set "
+                "classifier.input_size to the size its weights were trained at")
+    return None
+
+
+def set_input_size(model: Classifier, image_size: int, input_size: int | str = AUTO_INPUT_SIZE) -> Classifier:
+    """``model`` for images of ``image_size``: a torchvision model resized to ``input_size`` first where one is
+    given (``auto``: none, but for a model built for one size); the CIFAR-stem nets take any size as it is."""
+    model.image_size = int(image_size)
+    if input_size != AUTO_INPUT_SIZE:
+        if not isinstance(model, TorchvisionClassifier):
+            raise ParamsError(f"classifier.input_size = {input_size!r}: only a torchvision model resizes its input; "
+                              "the CIFAR-stem nets are built for the data's size (data.image_size): set "
+                              "classifier.input_size: auto")
+        model.input_size = int(input_size)
+    return model
 
 
 def save_classifier(model: Classifier, arch: str, path: str | Path, extra: dict | None = None,
                     class_names: list[str] | None = None) -> None:
     """The architecture, its class count and names, and the state dict of :meth:`Classifier.core`."""
+    # 32 px stays implicit (a checkpoint without the key means 32), so a 32-px run's checkpoint is as it was
+    sizes = {"image_size": model.image_size} if model.image_size != 32 else {}
+    if isinstance(model, TorchvisionClassifier):
+        sizes["input_size"] = model.input_size
     save_checkpoint({"arch": arch, "num_classes": model.classifier_head().out_features,
-                     "class_names": None if class_names is None else list(class_names),
+                     "class_names": None if class_names is None else list(class_names), **sizes,
                      "state_dict": model.core().state_dict(), **(extra or {})}, path)
 
 
-def load_classifier(path: str | Path, feature_layer: str = AUTO_LAYER) -> Classifier:
+def load_classifier(path: str | Path, feature_layer: str = AUTO_LAYER, max_grid: int = 0) -> Classifier:
     """Load a classifier saved by the classifier stage, in eval mode with frozen parameters, reading its
-    ``feature_map`` from ``feature_layer`` (``features.layer``). A checkpoint from before class counts were
-    stored gets its count from the classification layer's weight."""
-    return load_classifier_with_digest(path, feature_layer)[0]
+    ``feature_map`` from ``feature_layer`` (``features.layer``), pooled to at most ``max_grid`` cells a side
+    (``features.max_grid``). A checkpoint from before class counts were stored gets its count from the
+    classification layer's weight."""
+    return load_classifier_with_digest(path, feature_layer, max_grid)[0]
 
 
-def load_classifier_with_digest(path: str | Path, feature_layer: str = AUTO_LAYER) -> tuple[Classifier, str]:
+def load_classifier_with_digest(path: str | Path, feature_layer: str = AUTO_LAYER, max_grid: int = 0
+                                ) -> tuple[Classifier, str]:
     """``load_classifier`` and the SHA-256 of the bytes it was read from (what a rejection head records of F)."""
     payload, digest = load_checkpoint_with_digest(path)
     if not isinstance(payload, dict) or "arch" not in payload or "state_dict" not in payload:
@@ -278,6 +327,11 @@ def load_classifier_with_digest(path: str | Path, feature_layer: str = AUTO_LAYE
         num_classes = int(head_weight.shape[0])
     model = build_classifier(arch, int(num_classes))
     load_state_dict_checked(model.core(), state, str(path))
-    model.set_feature_layer(feature_layer)
+    model.set_feature_layer(feature_layer).set_max_grid(max_grid)
+    model.image_size = int(payload.get("image_size", 32))  # saved before sizes were stored: 32 px, as all were
+    if isinstance(model, TorchvisionClassifier):
+        # saved before input sizes were stored: resized to its weights' size, as every torchvision model then was
+        model.input_size = payload.get("input_size", torchvision_layout(arch.removeprefix(TORCHVISION_PREFIX))
+                                       .input_size)
     model.eval().requires_grad_(False)
     return model, digest

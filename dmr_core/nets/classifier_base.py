@@ -25,6 +25,24 @@ IMAGE_STD = (0.229, 0.224, 0.225)
 AUTO_LAYER = "auto"
 
 
+def _cell_side(side: int, max_grid: int) -> int:
+    """The smallest divisor k of ``side`` with side / k ≤ ``max_grid``: cells of k pixels tile the side exactly."""
+    return next(k for k in range(1, side + 1) if side % k == 0 and side // k <= max_grid)
+
+
+def bounded_grid(feature_map: Tensor, max_grid: int) -> Tensor:
+    """``feature_map`` (N×C×H×W) average-pooled in equal, non-overlapping cells to at most ``max_grid`` cells a
+    side (``features.max_grid``), so the head's input stays bounded at any image size; each cell is the mean of
+    k_h×k_w positions, k the smallest divisor of the side that brings it within the bound, so the map's global
+    average (the penultimate vector of the pooled layer) is unchanged. ``max_grid`` 0, or a map already within it,
+    is returned as it is."""
+    height, width = feature_map.shape[-2:]
+    if max_grid <= 0 or (height <= max_grid and width <= max_grid):
+        return feature_map
+    cells = (_cell_side(height, max_grid), _cell_side(width, max_grid))
+    return nnf.avg_pool2d(feature_map, kernel_size=cells, stride=cells)
+
+
 def full_precision(device_type: str) -> contextlib.AbstractContextManager:
     """Autocast off on CUDA, for the global pooling and the classification layer: logits and the penultimate
     vector stay float32 under bfloat16 autocast, as when they were computed outside it (a no-op elsewhere, so a
@@ -48,6 +66,8 @@ class Classifier(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.feature_layer = AUTO_LAYER
+        self.max_grid = 0  # features.max_grid: 0 = the feature map as the module gives it
+        self.image_size = 32  # the side of the images it was trained on (data.image_size), as its checkpoint says
 
     def normalise(self, x: Tensor) -> Tensor:
         return (x - self.mean) / self.std
@@ -77,13 +97,19 @@ class Classifier(nn.Module):
         self.feature_layer = name
         return self
 
+    def set_max_grid(self, max_grid: int) -> Classifier:
+        """Pool ``feature_map`` to at most ``max_grid`` cells a side (:func:`bounded_grid`; 0 = as it comes)."""
+        self.max_grid = int(max_grid)
+        return self
+
     def representations(self, x: Tensor) -> dict[str, Tensor]:
         """{"feature_map", "penultimate", "logits"} of images in [0, 1] (N×3×H×W), from one forward pass."""
         modules = dict(self.core().named_modules())
         with recording({"feature_map": modules[self.resolved_layer()]},
                        {"penultimate": self.classifier_head()}) as found:
             logits = self(x)
-        return {"feature_map": found["feature_map"], "penultimate": found["penultimate"], "logits": logits}
+        return {"feature_map": bounded_grid(found["feature_map"], self.max_grid), "penultimate": found["penultimate"],
+                "logits": logits}
 
     def for_inference(self) -> Classifier:
         """A frozen copy for scoring (eval mode, no parameter gradients) that computes the same function up to

@@ -6,9 +6,11 @@ from torch import Tensor, nn
 
 
 class PatchCritic(nn.Module):
-    """Spectral-normalised convolutional critic (Miyato et al. 2018) for 32×32 RGB: one realism logit per position
-    of an 8×8 grid, each seeing an 18×18 patch, so it judges local texture and sharpness rather than what the image
-    shows. About half the multiply-adds of the VAE's encoder, to keep adversarial training affordable on a CPU."""
+    """Spectral-normalised convolutional critic (Miyato et al. 2018) for S×S RGB of any size S divisible by 4: one
+    realism logit per position of an (S/4)×(S/4) grid (8×8 at 32 px), each seeing an 18×18 patch whatever S is, so
+    it judges local texture and sharpness rather than what the image shows; being fully convolutional it needs no
+    image size. About half the multiply-adds of the 32-px VAE's encoder, to keep adversarial training affordable
+    on a CPU."""
 
     def __init__(self, base_channels: int = 32) -> None:
         super().__init__()

@@ -24,7 +24,7 @@ def extract_features(
     model: Classifier, images: np.ndarray, batch_size: int = 500, desc: str = "features",
     device: torch.device | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every representation of every image (uint8 N×32×32×3 in), batched."""
+    """Every representation of every image (uint8 N×S×S×3 in), batched."""
     device = device or resolve_device()
     # a folded copy: the caller's model is left as it was (device, layout, trainability)
     model = place_model(model.for_inference(), device)

@@ -1,7 +1,7 @@
 """The generators whose latent space DMR mixes in.
 
-Any generator works if it offers ``decode(w) -> images`` with images in [0, 1] (N×3×32×32) and a way to get
-latents of the ID classes: ``encode(images, labels) -> w`` (the encoded route: w = E(x)), and, for a
+Any generator works if it offers ``decode(w) -> images`` with images in [0, 1] (N×3×S×S, S = data.image_size)
+and a way to get latents of the ID classes: ``encode(images, labels) -> w`` (the encoded route: w = E(x)) or, for a
 class-conditional generator (``conditional = True``), ``sample(z, labels) -> w``, its mapping network
 w = M(z, c) with z ~ N(0, I) of ``z_dim`` coordinates (the sampled route, as the authors ran DMR with a
 class-conditional StyleGAN-XL). The CPU-sized default is a convolutional VAE whose latent is the posterior mean,
@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..device import autocast, batch_loader, resolve_device
 from ..errors import CheckpointError
-from ..images import to_float_images, to_uint8_images
+from ..images import downsampling_ladder, to_float_images, to_uint8_images
 from .checkpoints import load_checkpoint, load_state_dict_checked, save_checkpoint
 from .external_generator import load_external_generator
 
@@ -39,30 +39,44 @@ class Generator(Protocol):
     def decode(self, latents: Tensor) -> Tensor: ...
 
 
+def ladder_widths(image_size: int, base_channels: int) -> tuple[list[int], int]:
+    """(the channels after each stride-2 convolution from ``image_size`` px down, the last grid's side g).
+
+    The three stages of the 32-px nets (c, 2c, 4c) end every ladder, so a 32-px net is the one it always was; a
+    larger image gets its extra halvings as c-channel stages at the high-resolution end: a convolution's cost is
+    its grid's area times its channels, so the narrowest width goes where the grid is largest."""
+    halvings, grid = downsampling_ladder(image_size)
+    c = base_channels
+    return [c] * (halvings - 3) + [c, 2 * c, 4 * c], grid
+
+
 class ConvVAE(nn.Module):
-    """A small convolutional VAE for 32×32 RGB: three stride-2 convolutions down to 4×4, and back."""
+    """A small convolutional VAE for S×S RGB: stride-2 convolutions down to a g×g grid (S = g·2ⁿ, see
+    :func:`~dmr_core.images.downsampling_ladder`; 32 px: three down to 4×4), a linear latent, and back."""
 
     conditional = False  # its latent is the posterior's; no mapping network to sample per class
     can_encode = True
 
-    def __init__(self, latent_dim: int = 128, base_channels: int = 32) -> None:
+    def __init__(self, latent_dim: int = 128, base_channels: int = 32, *, image_size: int = 32) -> None:
         super().__init__()
-        c = base_channels
-        self.config = {"latent_dim": latent_dim, "base_channels": base_channels}
+        widths, g = ladder_widths(image_size, base_channels)
+        top = widths[-1]
+        self.config = {"latent_dim": latent_dim, "base_channels": base_channels, "image_size": image_size}
+        self.image_size = image_size
+        down = [3] + widths
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, c, 4, 2, 1), nn.BatchNorm2d(c), nn.LeakyReLU(0.2),
-            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2),
-            nn.Conv2d(2 * c, 4 * c, 4, 2, 1), nn.BatchNorm2d(4 * c), nn.LeakyReLU(0.2),
+            *[m for i, o in zip(down, down[1:]) for m in (nn.Conv2d(i, o, 4, 2, 1), nn.BatchNorm2d(o),
+                                                          nn.LeakyReLU(0.2))],
             nn.Flatten(),
         )
-        self.to_mu = nn.Linear(4 * c * 16, latent_dim)
-        self.to_logvar = nn.Linear(4 * c * 16, latent_dim)
-        self.from_latent = nn.Linear(latent_dim, 4 * c * 16)
+        self.to_mu = nn.Linear(top * g * g, latent_dim)
+        self.to_logvar = nn.Linear(top * g * g, latent_dim)
+        self.from_latent = nn.Linear(latent_dim, top * g * g)
+        up = widths[::-1]
         self.decoder = nn.Sequential(
-            nn.Unflatten(1, (4 * c, 4, 4)), nn.BatchNorm2d(4 * c), nn.ReLU(),
-            nn.ConvTranspose2d(4 * c, 2 * c, 4, 2, 1), nn.BatchNorm2d(2 * c), nn.ReLU(),
-            nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.BatchNorm2d(c), nn.ReLU(),
-            nn.ConvTranspose2d(c, 3, 4, 2, 1), nn.Sigmoid(),
+            nn.Unflatten(1, (top, g, g)), nn.BatchNorm2d(top), nn.ReLU(),
+            *[m for i, o in zip(up, up[1:]) for m in (nn.ConvTranspose2d(i, o, 4, 2, 1), nn.BatchNorm2d(o), nn.ReLU())],
+            nn.ConvTranspose2d(up[-1], 3, 4, 2, 1), nn.Sigmoid(),
         )
 
     def posterior(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -91,23 +105,30 @@ class ConvVAE(nn.Module):
         return reconstructions, squared_error, kl
 
 
+def spatial_grid_cells(image_size: int) -> int:
+    """g², the cells of the g×g grid :class:`SpatialConvVAE` keeps its latent on at ``image_size`` px (16 at 32 px):
+    its latent_dim must be a multiple of it, which params validation checks before anything trains."""
+    _, grid = downsampling_ladder(image_size)
+    return grid * grid
+
+
 class SpatialConvVAE(ConvVAE):
-    """:class:`ConvVAE` with a spatial latent: ``latent_dim / 16`` channels on the 4×4 grid instead of one vector.
+    """:class:`ConvVAE` with a spatial latent: ``latent_dim / g²`` channels on the encoder's last g×g grid (4×4 at
+    32 px) instead of one vector.
 
     Each latent coordinate then belongs to one region of the image, so class-mean subtraction and mixing
     (eqs. 5–7) act per region. The latent is stored flattened (channel-major), so every later stage is unchanged.
     """
 
-    GRID = 4
-
-    def __init__(self, latent_dim: int = 256, base_channels: int = 32) -> None:
-        cells = self.GRID * self.GRID
+    def __init__(self, latent_dim: int = 256, base_channels: int = 32, *, image_size: int = 32) -> None:
+        _, side = downsampling_ladder(image_size)
+        cells = spatial_grid_cells(image_size)
         if latent_dim % cells:
-            raise ValueError(f"spatial_vae needs latent_dim divisible by {cells} (channels on a 4×4 grid); "
-                             f"got {latent_dim}")
-        super().__init__(latent_dim, base_channels)
+            raise ValueError(f"spatial_vae at {image_size} px needs latent_dim divisible by {cells} (channels on its "
+                             f"{side}×{side} grid); got {latent_dim}")
+        super().__init__(latent_dim, base_channels, image_size=image_size)
         c, z = 4 * base_channels, latent_dim // cells
-        grid = (self.GRID, self.GRID)
+        grid = (side, side)
         self.to_mu = nn.Sequential(nn.Unflatten(1, (c,) + grid), nn.Conv2d(c, z, 3, padding=1), nn.Flatten())
         self.to_logvar = nn.Sequential(nn.Unflatten(1, (c,) + grid), nn.Conv2d(c, z, 3, padding=1), nn.Flatten())
         self.from_latent = nn.Sequential(nn.Unflatten(1, (z,) + grid), nn.Conv2d(z, c, 3, padding=1), nn.Flatten())
@@ -136,26 +157,26 @@ def mapping_mlp(in_dim: int, out_dim: int, layers: int = 2) -> nn.Sequential:
 class StyleDecoder(nn.Module):
     """A small style-based decoder: the latent w also passes a mapping network (an MLP, as in StyleGAN) whose
     output modulates every decoder layer through :class:`AdaptiveInstanceNorm`, so global image statistics
-    (contrast, colour, texture energy) are set per layer rather than only through the 4×4 input."""
+    (contrast, colour, texture energy) are set per layer rather than only through the g×g input.
 
-    def __init__(self, latent_dim: int, base_channels: int, style_dim: int = 256) -> None:
+    Its layers mirror :class:`ConvVAE`'s encoder: a 3×3 convolution at the g×g grid, then n − 1 stride-2
+    transposed convolutions, each with its AdaIN, and a last one to RGB (n halvings of ``image_size``)."""
+
+    def __init__(self, latent_dim: int, base_channels: int, style_dim: int = 256, *, image_size: int = 32) -> None:
         super().__init__()
-        c = base_channels
+        widths, g = ladder_widths(image_size, base_channels)
+        up = widths[::-1]
         self.mapping = mapping_mlp(latent_dim, style_dim)
-        self.from_latent = nn.Linear(latent_dim, 4 * c * 16)
-        self.layers = nn.ModuleList([
-            nn.Conv2d(4 * c, 4 * c, 3, padding=1),
-            nn.ConvTranspose2d(4 * c, 2 * c, 4, 2, 1),
-            nn.ConvTranspose2d(2 * c, c, 4, 2, 1),
-        ])
-        self.styles = nn.ModuleList([AdaptiveInstanceNorm(4 * c, style_dim), AdaptiveInstanceNorm(2 * c, style_dim),
-                                     AdaptiveInstanceNorm(c, style_dim)])
-        self.to_rgb = nn.ConvTranspose2d(c, 3, 4, 2, 1)
-        self.base_channels = c
+        self.from_latent = nn.Linear(latent_dim, up[0] * g * g)
+        self.layers = nn.ModuleList([nn.Conv2d(up[0], up[0], 3, padding=1)]
+                                    + [nn.ConvTranspose2d(i, o, 4, 2, 1) for i, o in zip(up, up[1:])])
+        self.styles = nn.ModuleList([AdaptiveInstanceNorm(w, style_dim) for w in up])
+        self.to_rgb = nn.ConvTranspose2d(up[-1], 3, 4, 2, 1)
+        self.grid = (up[0], g, g)
 
     def forward(self, latents: Tensor) -> Tensor:
         style = self.mapping(latents)
-        x = self.from_latent(latents).unflatten(1, (4 * self.base_channels, 4, 4))
+        x = self.from_latent(latents).unflatten(1, self.grid)
         for layer, modulate in zip(self.layers, self.styles):
             x = nnf.relu(modulate(layer(x), style))
         return torch.sigmoid(self.to_rgb(x))
@@ -184,10 +205,10 @@ class ClassConditionalMapping(nn.Module):
 class StyleConvVAE(ConvVAE):
     """:class:`ConvVAE` with the style-modulated :class:`StyleDecoder` as G; the encoder and latent are unchanged."""
 
-    def __init__(self, latent_dim: int = 128, base_channels: int = 32) -> None:
-        super().__init__(latent_dim, base_channels)
+    def __init__(self, latent_dim: int = 128, base_channels: int = 32, *, image_size: int = 32) -> None:
+        super().__init__(latent_dim, base_channels, image_size=image_size)
         del self.from_latent
-        self.decoder = StyleDecoder(latent_dim, base_channels)
+        self.decoder = StyleDecoder(latent_dim, base_channels, image_size=image_size)
 
     def decode(self, latents: Tensor) -> Tensor:
         return self.decoder(latents)
@@ -201,13 +222,15 @@ class ConditionalStyleVAE(ConvVAE):
 
     conditional = True
 
-    def __init__(self, latent_dim: int = 128, base_channels: int = 32, num_classes: int = 10) -> None:
-        super().__init__(latent_dim, base_channels)
+    def __init__(self, latent_dim: int = 128, base_channels: int = 32, num_classes: int = 10, *,
+                 image_size: int = 32) -> None:
+        super().__init__(latent_dim, base_channels, image_size=image_size)
         del self.from_latent
-        self.config = {"latent_dim": latent_dim, "base_channels": base_channels, "num_classes": num_classes}
+        self.config = {"latent_dim": latent_dim, "base_channels": base_channels, "num_classes": num_classes,
+                       "image_size": image_size}
         self.z_dim = latent_dim
         self.mapping = ClassConditionalMapping(latent_dim, num_classes, latent_dim)
-        self.decoder = StyleDecoder(latent_dim, base_channels)
+        self.decoder = StyleDecoder(latent_dim, base_channels, image_size=image_size)
 
     def encode(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
         """w = M(μ_φ(x), y): the encoded route needs each image's class."""
@@ -235,6 +258,8 @@ EXTERNAL_KIND = "external"
 
 
 def build_generator(kind: str, **config) -> nn.Module:
+    """The generator of a trained ``kind``, built from ``config`` (its class's keywords); a config without
+    ``image_size``, as in a checkpoint from before sizes varied, builds it for 32 px."""
     if kind not in GENERATOR_KINDS:
         raise ValueError(f"unknown generator kind {kind!r}; choose from {sorted(GENERATOR_KINDS)}")
     return GENERATOR_KINDS[kind](**config)
@@ -250,8 +275,8 @@ def model_device(model: Generator) -> torch.device:
 
 def encode_images(model: Generator, images: np.ndarray, batch_size: int = 512,
                   device: torch.device | None = None, labels: np.ndarray | None = None) -> np.ndarray:
-    """w = E(x) for uint8 N×32×32×3 images, as float32; ``labels`` (the images' classes) are passed to a
-    class-conditional generator, whose latent depends on the class (w = M(E(x), y))."""
+    """w = E(x) for uint8 N×S×S×3 images (S the generator's image size), as float32; ``labels`` (the images'
+    classes) are passed to a class-conditional generator, whose latent depends on the class (w = M(E(x), y))."""
     device = device or resolve_device()
     model.to(device)  # outside inference mode, so a model still in training keeps trainable weights
     tensors = [torch.from_numpy(images)]
@@ -317,16 +342,19 @@ def load_generator(path) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def decode_to_images(model: Generator, latents: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """G(w) for many latents, batched, as uint8 N×32×32×3."""
+def decode_to_images(model: Generator, latents: np.ndarray, batch_size: int = 512,
+                     image_size: int | None = None) -> np.ndarray:
+    """G(w) for many latents, batched, as uint8 N×S×S×3: S is ``image_size``, else the generator's own
+    (``model.image_size``; 32 for a generator that does not say, as every one did before sizes varied)."""
+    size = image_size if image_size is not None else getattr(model, "image_size", 32)
     model.to(resolve_device())
-    out = np.empty((len(latents), 32, 32, 3), np.uint8)
+    out = np.empty((len(latents), size, size, 3), np.uint8)
     for start in tqdm(range(0, len(latents), batch_size), desc="decode", leave=False):
         batch = torch.from_numpy(latents[start:start + batch_size])
         decoded = decode_latents(model, batch)
-        if decoded.shape != (len(batch), 3, 32, 32):
+        if decoded.shape != (len(batch), 3, size, size):
             raise CheckpointError(f"the generator decoded {len(batch)} latents to a tensor of shape "
-                                  f"{tuple(decoded.shape)}; DMR needs images N×3×32×32 in [0, 1]")
+                                  f"{tuple(decoded.shape)}; DMR needs images N×3×{size}×{size} in [0, 1]")
         out[start:start + len(batch)] = to_uint8_images(decoded)
     return out
 

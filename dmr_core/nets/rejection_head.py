@@ -82,21 +82,24 @@ class LoadedHead(NamedTuple):
     feature_layer: str
     classifier_sha256: str | None
     sha256: str
+    max_grid: int = 0  # features.max_grid: the largest side the feature map was pooled to (0: as it came)
 
 
 def save_head(head: RejectionHead, feature: str, path, extra: dict | None = None, feature_layer: str = AUTO_LAYER,
-              classifier_sha256: str | None = None) -> None:
+              classifier_sha256: str | None = None, max_grid: int = 0) -> None:
     save_checkpoint({"feature": feature, "feature_layer": feature_layer, "classifier_sha256": classifier_sha256,
+                     "max_grid": max_grid,
                      "config": head.config, "state_dict": head.state_dict(), **(extra or {})}, path)
 
 
 def load_head(path) -> LoadedHead:
     """Load a rejection head and what it reads; unpacks as (head, feature, feature_layer, classifier_sha256). A head
-    saved before the layer was stored read the default layer."""
+    saved before the layer (or the feature map's pooling) was stored read the default layer (as it came)."""
     payload, digest = load_checkpoint_with_digest(path)
     if not isinstance(payload, dict) or not {"feature", "config", "state_dict"} <= set(payload):
         raise CheckpointError(f"{path} is not a rejection-head checkpoint of this project")
     head = RejectionHead(**payload["config"])
     load_state_dict_checked(head, payload["state_dict"], str(path))
     return LoadedHead(head.eval().requires_grad_(False), payload["feature"],
-                      str(payload.get("feature_layer") or AUTO_LAYER), payload.get("classifier_sha256"), digest)
+                      str(payload.get("feature_layer") or AUTO_LAYER), payload.get("classifier_sha256"), digest,
+                      int(payload.get("max_grid") or 0))

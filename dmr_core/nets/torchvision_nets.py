@@ -1,8 +1,10 @@
 """Any torchvision classification model as the classifier F (``classifier.arch: torchvision:<name>``).
 
-The pipeline's images are 32×32 in [0, 1]; an ImageNet model expects its own input size and normalisation, so
-the wrapper resizes (bilinear) to the size its weights were trained at and normalises with their statistics
-(both from the weights' transforms metadata), then runs the model unchanged. Which modules hold the
+The pipeline's images are S×S in [0, 1] (S = data.image_size). The wrapper normalises them with the statistics
+of the model's weights (from their transforms metadata) and runs the model on them at their own size: a
+convolutional network takes any size, so a 128-px photo is seen at 128 px. Only a model built for one size (a ViT)
+is fed that size, and ``classifier.input_size`` resizes (bilinear) where a user asks for it (e.g. 224 for 32-px
+CIFAR images into an ImageNet model). Which modules hold the
 classification layer and the default feature map is found once per model by a forward pass on the meta
 device (:func:`torchvision_layout`), so no per-model table is needed.
 """
@@ -160,7 +162,12 @@ def build_torchvision(name: str, num_classes: int, pretrained: bool = False) -> 
         _replace_head(net, layout.head, num_classes)
     else:
         net = _get_model(name, num_classes=num_classes)
-    size = int(getattr(net, "image_size", layout.input_size))
-    return TorchvisionClassifier(net, head=layout.head, default_layer=layout.default_layer, input_size=size,
-                                 mean=layout.mean, std=layout.std)
+    return TorchvisionClassifier(net, head=layout.head, default_layer=layout.default_layer,
+                                 input_size=fixed_input_size(net), mean=layout.mean, std=layout.std)
+
+
+def fixed_input_size(net: nn.Module) -> int | None:
+    """The one input size a model is built for (a ViT's ``image_size``), or None for a model that takes any."""
+    size = getattr(net, "image_size", None)
+    return int(size) if size is not None else None
 

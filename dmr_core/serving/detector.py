@@ -24,7 +24,6 @@ from torch import Tensor
 
 from ..data.artifacts import open_zarr
 from ..data.encoding import is_as_stored
-from ..data.sources import IMAGE_SIZE
 from ..detectors.combine import CombinedDetector, CombinedScore
 from ..detectors.dmr import DMRDetector
 from ..detectors.posthoc import (DETECTORS, FittedDetector, PosthocSettings, fit_detectors, score_set,
@@ -120,7 +119,7 @@ def check_one_version(head: LoadedHead, classifier_sha256: str, artifacts: RunAr
 def check_head_fits(classifier: CifarClassifier, head: LoadedHead, artifacts: RunArtifacts) -> None:
     """Refuse a head whose input size is not that of the representation F gives (one forward pass of one image)."""
     with torch.inference_mode():
-        probe = classifier.representations(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE))
+        probe = classifier.representations(torch.zeros(1, 3, classifier.image_size, classifier.image_size))
     if head.feature not in probe:
         raise NoTrainedRun(f"{artifacts.head} reads {head.feature!r}, which the classifier does not give; run "
                            "`dvc repro`")
@@ -216,6 +215,7 @@ class TrainedDetector:
         self.combined_threshold = (None if combined is None
                                    else _pick(combined.thresholds, keep, Path("the combined score")))
         self.detector = DMRDetector(head, encoder=self.encoder())
+        self.image_size = classifier.image_size  # the size the classifier was trained at: the run's
 
     @classmethod
     def load(cls, artifacts: RunArtifacts, with_combined: bool = True, batch_size: int = 500,
@@ -229,7 +229,8 @@ class TrainedDetector:
         try:
             # the head says which layer of F it reads: F is built as it was when the head was trained
             loaded = load_head(artifacts.head)
-            classifier, classifier_sha256 = load_classifier_with_digest(artifacts.classifier, loaded.feature_layer)
+            classifier, classifier_sha256 = load_classifier_with_digest(artifacts.classifier, loaded.feature_layer,
+                                                                       loaded.max_grid)
         except CheckpointError as err:
             raise NoTrainedRun(str(err)) from None
         head, feature = loaded.head, loaded.feature
@@ -258,7 +259,7 @@ class TrainedDetector:
                 {"method": self.combined.method, "threshold": self.combined_threshold}}
 
     def score(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Per image of a uint8 N×32×32×3 batch: ``predicted`` (class index), ``confidence`` (max softmax),
+        """Per image of a uint8 N×S×S×3 batch: ``predicted`` (class index), ``confidence`` (max softmax),
         ``dmr_score``, ``dmr_is_ood``, with a combined score ``combined_score`` and ``combined_is_ood``, and
         ``is_ood`` (the chosen detector's decision)."""
         representations = extract_features(self.classifier, images, self.batch_size, desc="score",

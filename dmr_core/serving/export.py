@@ -7,12 +7,13 @@ Each file holds the preprocessing, the frozen classifier F (its BatchNorm folded
 rejection head B, by default the combined score's post-hoc part (for KNN its unit-normalised ID-train reference
 vectors; ``--no-combined`` leaves it out), and the thresholds of the chosen share of ID images kept.
 
-Input contract of ``forward(images)``: uint8 N×32×32×3 RGB (the layout of decoded image files and of the
-pipeline's stored sets), on the CPU; N ≥ 1. The TorchScript file also takes float N×3×32×32 in [0, 1]
-(``ToTensor`` output), rounded to the uint8 grid as every image the pipeline scores was stored as uint8; a float
-value outside [0, 1] is refused, and an image holding NaN is flagged OOD. Bringing an image of another size to
-32×32 (shorter side to 32 with antialiasing, centre crop) stays outside, in the loader
-(``dmr_core.data.sources.fit_image``). Another shape, dtype or channel count is refused by the file itself.
+Input contract of ``forward(images)``: uint8 N×S×S×3 RGB, S the run's image size (data.image_size, stated in the
+metadata as ``image_size``; the layout of decoded image files and of the pipeline's stored sets), on the CPU; N ≥ 1.
+The TorchScript file also takes float N×3×S×S in [0, 1] (``ToTensor`` output), rounded to the uint8 grid as every
+image the pipeline scores was stored as uint8; a float value outside [0, 1] is refused, and an image holding NaN is
+flagged OOD. Bringing an image of another size to S×S (shorter side to S with antialiasing, centre crop) stays
+outside, in the loader (``dmr_core.data.sources.fit_image``). Another shape, dtype or channel count is refused by
+the file itself.
 
 Outputs, per image: ``logits`` (N×classes), ``predicted`` (class index), ``confidence`` (max softmax), ``dmr_score``
 (the head's logit, higher = more OOD), ``dmr_is_ood`` (``dmr_score > dmr threshold``, compared in float64) and, with
@@ -42,16 +43,20 @@ from ..data.artifacts import atomic_output
 from ..detectors.threshold import THRESHOLD_RULE
 from ..errors import CheckpointError
 from ..nets.classifier import CifarClassifier
+from ..nets.classifier_base import bounded_grid
 from ..nets.rejection_head import RejectionHead
 
 FORMATS = ("pt2", "onnx", "torchscript")
 SUFFIXES = {"pt2": ".pt2", "onnx": ".onnx", "torchscript": ".pt"}
 EXTRA_FILE = "dmr.json"
 FORMAT_NAME = "dmr-pipeline exported detector, version 2"
-IMAGE_SIZE = 32
 ONNX_OPSET = 20
-INPUT_CONTRACT = ("uint8 N×32×32×3 RGB, CPU, N ≥ 1 (TorchScript also float N×3×32×32 in [0, 1]); resize other "
-                  "sizes first (shorter side to 32 with antialiasing, centre crop)")
+
+
+def input_contract(size: int) -> str:
+    """The input contract of a file for ``size``-px images, as its metadata states it."""
+    return (f"uint8 N×{size}×{size}×3 RGB, CPU, N ≥ 1 (TorchScript also float N×3×{size}×{size} in [0, 1]); resize "
+            f"other sizes first (shorter side to {size} with antialiasing, centre crop)")
 OUTPUTS = ("logits", "predicted", "confidence", "dmr_score", "dmr_is_ood", "combined_score", "combined_is_ood",
            "is_ood")
 
@@ -70,12 +75,13 @@ class CombinedExport:
 
 
 class DetectorGraph(nn.Module):
-    """float N×3×32×32 on the uint8 grid → the outputs (see the module docstring); every branch fixed when built."""
+    """float N×3×S×S on the uint8 grid → the outputs (see the module docstring); every branch fixed when built."""
 
     def __init__(self, classifier: CifarClassifier, head: RejectionHead, feature: str, threshold: float,
                  combined: CombinedExport | None, decision: str) -> None:
         super().__init__()
         self.classifier = classifier.for_inference()
+        self.image_size = int(classifier.image_size)
         self.head = head.eval().net.float()
         self.feature, self.threshold, self.decision = feature, float(threshold), decision
         self.combined = combined
@@ -85,7 +91,7 @@ class DetectorGraph(nn.Module):
         invalid = torch.isnan(x).flatten(1).any(dim=1)
         x = torch.nan_to_num(x, nan=0.0)
         if self.classifier.reads_pooled_layer():
-            fmap = self.classifier.feature_map(x).float()
+            fmap = bounded_grid(self.classifier.feature_map(x), self.classifier.max_grid).float()
             penultimate = self.classifier.penultimate(fmap)
             logits = self.classifier.logits_from_penultimate(penultimate)
         else:  # the head reads another layer (features.layer): that module's output, recorded in the forward pass
@@ -108,7 +114,7 @@ class DetectorGraph(nn.Module):
 
 
 class UInt8Input(nn.Module):
-    """uint8 N×32×32×3 → the graph's float input (the pt2 and ONNX files' preprocessing)."""
+    """uint8 N×S×S×3 → the graph's float input (the pt2 and ONNX files' preprocessing)."""
 
     def __init__(self, graph: DetectorGraph) -> None:
         super().__init__()
@@ -135,26 +141,31 @@ class ScriptedDetector(nn.Module):
 
     class_names: list[str]
     keys: list[str]
+    image_size: int
 
-    def __init__(self, core: torch.jit.ScriptModule, keys: list[str], threshold: float, class_names: list[str]
-                 ) -> None:
+    def __init__(self, core: torch.jit.ScriptModule, keys: list[str], threshold: float, class_names: list[str],
+                 image_size: int) -> None:
         super().__init__()
         self.core, self.keys, self.threshold, self.class_names = core, keys, float(threshold), list(class_names)
+        self.image_size = int(image_size)
 
     @torch.jit.export
     def classes(self) -> list[str]:
         return self.class_names
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
+        s = self.image_size
+        side = str(s) + "×" + str(s)
         if images.dim() != 4 or images.size(0) < 1:
-            raise ValueError("images must be a batch of at least one image, N×32×32×3 uint8 or N×3×32×32 float")
+            raise ValueError("images must be a batch of at least one image, N×" + side + "×3 uint8 or N×3×" + side
+                             + " float")
         if images.dtype == torch.uint8:
-            if images.size(1) != 32 or images.size(2) != 32 or images.size(3) != 3:
-                raise ValueError("uint8 images must be N×32×32×3 (RGB); resize to 32×32 first")
+            if images.size(1) != s or images.size(2) != s or images.size(3) != 3:
+                raise ValueError("uint8 images must be N×" + side + "×3 (RGB); resize to " + side + " first")
             x = images.permute(0, 3, 1, 2).float().div(255.0)
         else:
-            if not images.is_floating_point() or images.size(1) != 3 or images.size(2) != 32 or images.size(3) != 32:
-                raise ValueError("images must be uint8 N×32×32×3 or float N×3×32×32 in [0, 1]")
+            if not images.is_floating_point() or images.size(1) != 3 or images.size(2) != s or images.size(3) != s:
+                raise ValueError("images must be uint8 N×" + side + "×3 or float N×3×" + side + " in [0, 1]")
             x = images.float()
             if bool((x < 0.0).any()) or bool((x > 1.0).any()):
                 raise ValueError("float images must lie in [0, 1] (ToTensor's range); divide 0–255 values by 255")
@@ -173,8 +184,8 @@ def build_graph(classifier: CifarClassifier, head: RejectionHead, feature: str, 
     return DetectorGraph(classifier, head, feature, threshold, combined, decision).eval().requires_grad_(False)
 
 
-def _example(batch: int = 2) -> Tensor:
-    return torch.randint(0, 256, (batch, IMAGE_SIZE, IMAGE_SIZE, 3), generator=torch.Generator().manual_seed(0),
+def _example(size: int, batch: int = 2) -> Tensor:
+    return torch.randint(0, 256, (batch, size, size, 3), generator=torch.Generator().manual_seed(0),
                          dtype=torch.uint8)
 
 
@@ -182,21 +193,23 @@ def exported_program(graph: DetectorGraph) -> torch.export.ExportedProgram:
     """The graph behind uint8 input, exported with a dynamic batch dimension."""
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     with torch.no_grad():
-        return torch.export.export(UInt8Input(graph), (_example(),), dynamic_shapes=({0: batch},), strict=False)
+        return torch.export.export(UInt8Input(graph), (_example(graph.image_size),), dynamic_shapes=({0: batch},),
+                                   strict=False)
 
 
 def scripted(graph: DetectorGraph, class_names: list[str]) -> torch.jit.ScriptModule:
-    example = _example().permute(0, 3, 1, 2).float().div(255.0)
+    example = _example(graph.image_size).permute(0, 3, 1, 2).float().div(255.0)
     keys = [key for key in OUTPUTS if key in graph(example)]
     with torch.no_grad(), warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated
         warnings.simplefilter("ignore", FutureWarning)
         core = torch.jit.trace(_TracedCore(graph), example, check_trace=False)
-        return torch.jit.script(ScriptedDetector(core, keys, graph.threshold, class_names).eval())
+        return torch.jit.script(ScriptedDetector(core, keys, graph.threshold, class_names, graph.image_size).eval())
 
 
 def metadata(graph: DetectorGraph, class_names: list[str], thresholds: dict, keep: str, fmt: str) -> dict:
     combined = graph.combined
-    return {"format": FORMAT_NAME, "file_format": fmt, "input": INPUT_CONTRACT, "feature": graph.feature,
+    return {"format": FORMAT_NAME, "file_format": fmt, "input": input_contract(graph.image_size),
+            "image_size": graph.image_size, "feature": graph.feature,
             "keep": keep, "threshold": graph.threshold, "decision": graph.decision,
             "combined": None if combined is None else {"method": combined.method, "threshold": combined.threshold},
             "thresholds": thresholds, "threshold_rule": THRESHOLD_RULE, "class_names": class_names,
@@ -231,7 +244,8 @@ def _write_onnx(graph: DetectorGraph, path: Path, text: str) -> None:
     # the exporter prints its progress to stdout
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(exported_program(graph), (_example(),), dynamo=True, opset_version=ONNX_OPSET,
+        program = torch.onnx.export(exported_program(graph), (_example(graph.image_size),), dynamo=True,
+                                    opset_version=ONNX_OPSET,
                                     input_names=["images"], output_names=names, external_data=False,
                                     optimize=True)
     program.model.metadata_props[EXTRA_FILE] = text
@@ -279,6 +293,7 @@ class ExportedDetector:
         self.call, self.meta, self.batch_size = call, meta, batch_size
         self.class_names = list(meta.get("class_names") or [])
         self.combined = meta.get("combined")
+        self.image_size = int(meta.get("image_size", 32))  # files written before sizes were stated are 32-px
 
     @classmethod
     def load(cls, path: str | Path, batch_size: int = 500) -> "ExportedDetector":
@@ -303,8 +318,9 @@ class ExportedDetector:
 
     def score(self, images: np.ndarray) -> dict[str, np.ndarray]:
         images = np.ascontiguousarray(images)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
-            raise ValueError(f"images must be uint8 N×32×32×3, got {images.dtype} {images.shape}")
+        size = self.image_size
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            raise ValueError(f"images must be uint8 N×{size}×{size}×3, got {images.dtype} {images.shape}")
         parts = [self.call(images[start:start + self.batch_size])
                  for start in range(0, len(images), self.batch_size)]
         return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]} if parts else {}

@@ -1,5 +1,5 @@
 """The images a list of inputs names (image files, folders searched recursively, tar archives), each decoded and
-brought to the pipeline's 32×32 RGB.
+brought to the run's S×S RGB (S = the image size the run was trained at).
 
 Every file is tried as an image by its content, whatever its name; one that cannot be read is reported with the
 reason, never fatal, so one bad file does not stop the scoring of a folder. Tar members are read in memory, never
@@ -34,10 +34,10 @@ class UnreadableImage(ValueError):
     """A file or member that is not an image this project can use; the message says why."""
 
 
-def decode_image(payload: bytes) -> np.ndarray:
-    """A file's bytes as the pipeline's uint8 32×32×3 image, by the data stage's decoder and resize rule
+def decode_image(payload: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
+    """A file's bytes as a uint8 ``size``×``size``×3 image, by the data stage's decoder and resize rule
     (:func:`dmr_core.data.sources.fit_image`), or :class:`UnreadableImage` saying why not."""
-    image, _, reason = decode_pipeline_image(payload)
+    image, _, reason = decode_pipeline_image(payload, size)
     if image is None:
         raise UnreadableImage(UNREADABLE_REASONS.get(reason, reason))
     return image
@@ -45,7 +45,7 @@ def decode_image(payload: bytes) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Decoded:
-    """One thing scored: ``name`` as reported (``archive.tar:member`` for a tar member) and its 32×32 image, or
+    """One thing scored: ``name`` as reported (``archive.tar:member`` for a tar member) and its S×S image, or
     why it has none."""
 
     name: str
@@ -94,20 +94,20 @@ def _walk(folder: str) -> Iterator[str | Decoded]:
         yield Decoded(folder, None, f"folder cannot be listed ({err.strerror or err})")
 
 
-def _read_file(file: str) -> Decoded:
+def _read_file(file: str, image_size: int) -> Decoded:
     try:
         size = os.stat(file).st_size
         if size > MAX_MEMBER_BYTES:
             raise UnreadableImage(f"too large ({size} bytes)")
         with open(file, "rb") as handle:
-            return Decoded(file, decode_image(handle.read()))
+            return Decoded(file, decode_image(handle.read(), image_size))
     except UnreadableImage as err:
         return Decoded(file, None, str(err))
     except OSError as err:
         return Decoded(file, None, f"cannot be read ({err.strerror or err})")
 
 
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str) -> Decoded:
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, image_size: int) -> Decoded:
     try:
         problem = member_path_problem(member.name)
         if problem is not None:
@@ -117,14 +117,14 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str) -> De
         handle = tar.extractfile(member)
         if handle is None:
             raise UnreadableImage("not a regular file")
-        return Decoded(name, decode_image(handle.read()))
+        return Decoded(name, decode_image(handle.read(), image_size))
     except UnreadableImage as err:
         return Decoded(name, None, str(err))
     except (tarfile.TarError, EOFError, OSError) as err:  # the archive then ends with a row of its own
         return Decoded(name, None, f"cannot be read ({getattr(err, 'strerror', None) or err})")
 
 
-def _read_archive(archive: Path) -> Iterator[Decoded]:
+def _read_archive(archive: Path, image_size: int) -> Iterator[Decoded]:
     """Each regular member in archive order, decoded as it is met; an archive that cannot be read (or stops being
     readable part-way) is one row saying so, after the members read before it."""
     try:
@@ -134,21 +134,22 @@ def _read_archive(archive: Path) -> Iterator[Decoded]:
                 # 100,000-member archive that of one member
                 tar.members.clear()
                 if member.isfile():
-                    yield _read_member(tar, member, f"{archive}:{member.name}")
+                    yield _read_member(tar, member, f"{archive}:{member.name}", image_size)
     except (tarfile.TarError, EOFError, OSError) as err:
         yield Decoded(str(archive), None, f"not a readable tar archive ({err})")
 
 
-def read_inputs(inputs: Iterable[Path]) -> Iterator[Decoded]:
+def read_inputs(inputs: Iterable[Path], image_size: int = IMAGE_SIZE) -> Iterator[Decoded]:
     """Every image the inputs name, decoded one at a time in order (files as given, folders walked recursively in
-    the file system's order, tar archives member by member): memory does not grow with the number of images."""
+    the file system's order, tar archives member by member) and brought to ``image_size`` (the run's): memory does
+    not grow with the number of images."""
     for path in inputs:
         for file in _files(Path(path)):
             if isinstance(file, Decoded):
                 yield file
             elif is_archive(file):
-                yield from _read_archive(file)
+                yield from _read_archive(file, image_size)
             else:
-                decoded = _read_file(file)
-                assert decoded.image is None or decoded.image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+                decoded = _read_file(file, image_size)
+                assert decoded.image is None or decoded.image.shape == (image_size, image_size, 3)
                 yield decoded

@@ -40,6 +40,7 @@ class Scorer(Protocol):
 
     class_names: list[str] | None
     combined: Any
+    image_size: int  # the side the images are decoded to: the run's data.image_size
 
     def score(self, images: np.ndarray) -> dict[str, np.ndarray]: ...
 

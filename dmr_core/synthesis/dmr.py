@@ -33,7 +33,7 @@ class SynthConfig:
 
 @dataclass
 class SynthesisedSet:
-    images: np.ndarray          # uint8 N×32×32×3
+    images: np.ndarray          # uint8 N×S×S×3
     lambdas: np.ndarray         # λ of each image (1 for MLM)
     sources: np.ndarray         # N×k indices of the ID training images mixed
     source_labels: np.ndarray   # N×k their classes

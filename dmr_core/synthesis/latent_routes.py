@@ -28,7 +28,7 @@ ROUTES = ("encoded", "sampled")
 class LatentSet:
     latents: np.ndarray              # float32 N × latent shape
     labels: np.ndarray               # the class of each latent
-    residuals: np.ndarray | None     # int16 N×32×32×3 for the encoded route, None for the sampled one
+    residuals: np.ndarray | None     # int16 N×S×S×3 for the encoded route, None for the sampled one
 
 
 def samples_per_class(labels: np.ndarray, num_classes: int, per_class: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The table of OOD-synthesis baselines DMR is compared with, each a function of the same sources and settings.
 
-A variant returns either uint8 N×32×32×3 images, which train a rejection head exactly as DMR's do (F's features of
+A variant returns either uint8 N×S×S×3 images, which train a rejection head exactly as DMR's do (F's features of
 them against the ID training features), or ``SynthesisedFeatures``: a set synthesised directly in the
 representation the head reads, which trains the head as it is. Either way only the synthesised set differs.
 Adding a variant means adding an entry to ``VARIANTS``; params validation and the report read their names from
@@ -31,10 +31,23 @@ class VariantConfig:
     lambda_dist: str
     lambda_min: float
     lambda_max: float
-    num_samples: int
+    num_samples: int              # resolved: :func:`variant_sample_count`
     kirby_threshold: float
     saliency_share: float
     seed: int
+
+
+# synth_baselines.num_samples: auto
+AUTO_COUNT = "auto"
+
+
+def variant_sample_count(variant: str, asked: int | str, dmr_count: int, training_images: int) -> int:
+    """How many images ``variant`` synthesises: ``asked``, or with ``auto`` as many as DMR's head trains on
+    (``dmr_count``, synth.num_samples) so only the synthesised set differs, capped at the ``training_images`` for
+    a variant that edits each chosen training image once (KIRBY), which cannot make more."""
+    if asked != AUTO_COUNT:
+        return int(asked)
+    return min(dmr_count, training_images) if VARIANTS[variant].edits_training_images else dmr_count
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,7 @@ class SynthesisSources:
     that use them."""
 
     labels: np.ndarray                          # classes of the ID training images
-    images: Any                                 # the ID training images, uint8 N×32×32×3
+    images: Any                                 # the ID training images, uint8 N×S×S×3
     latents: Any                                # the ID latents (stage latents): w = E(x) of each image, or sampled
     latent_labels: np.ndarray                   # the class of each latent
     class_means: Any                            # μ_y of each class
@@ -91,7 +104,7 @@ def kirby(sources: SynthesisSources, config: VariantConfig) -> np.ndarray:
     chosen = np.sort(np.random.default_rng(config.seed).permutation(len(images))[: config.num_samples])
     feature_maps = torch.from_numpy(np.asarray(sources.feature_maps[:])[chosen]).float()
     predicted = torch.from_numpy(np.asarray(sources.logits[:])[chosen]).argmax(1)
-    cams = class_activation_maps(feature_maps, sources.class_weights, predicted).numpy()
+    cams = class_activation_maps(feature_maps, sources.class_weights, predicted, size=images.shape[1]).numpy()
     return erase_and_inpaint(images[chosen], cams, config.kirby_threshold)
 
 

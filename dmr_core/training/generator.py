@@ -28,7 +28,7 @@ from ..distributed import average_gradients
 from ..images import to_float_images
 from ..nets.critic import PatchCritic
 from ..nets.external_generator import load_external_generator, probe_fingerprint
-from ..nets.generator import EXTERNAL_KIND, ConvVAE, build_generator
+from ..nets.generator import EXTERNAL_KIND, GENERATOR_KINDS, ConvVAE, build_generator
 from .loop import BatchLoss, History, check_finite, run_epochs, seed_everything
 
 
@@ -163,15 +163,20 @@ def prepare_generator(
     num_classes: int, perceptual: nn.Module | None = None, entry_point: str | None = None,
     options: dict | None = None,
 ) -> PreparedGenerator:
-    """The generator of ``kind``: trained on the ID training images (a class-conditional kind with their labels),
-    or, for ``external``, the user's pretrained one loaded through ``entry_point`` (never trained here; its
-    checkpoint keeps the entry point, its options and a fingerprint of what it decodes)."""
+    """The generator of ``kind`` for the size of ``images`` (uint8 N×S×S×3): trained on these ID training images
+    (a class-conditional kind with their labels), or, for ``external``, the user's pretrained one loaded through
+    ``entry_point`` and refused unless it makes S-px images (never trained here; its checkpoint keeps the entry
+    point, its options, S and a fingerprint of what it decodes)."""
+    image_size = images.shape[1]
     if kind == EXTERNAL_KIND:
-        model = load_external_generator(entry_point, options)
-        return PreparedGenerator(model, History([]), {"entry_point": entry_point, "options": dict(options or {})},
-                                 {"probe_sha256": probe_fingerprint(model)})
+        model = load_external_generator(entry_point, options, image_size)
+        # 32 px stays implicit (a checkpoint without the key means 32), so a 32-px run's checkpoint is unchanged
+        sized = {"image_size": image_size} if image_size != 32 else {}
+        return PreparedGenerator(model, History([]), {"entry_point": entry_point, "options": dict(options or {}),
+                                                      **sized}, {"probe_sha256": probe_fingerprint(model)})
     seed_everything(config.seed)  # the weight initialisation draws from the global RNG
-    conditional = {"num_classes": num_classes} if kind == "cond_style_vae" else {}
-    model = build_generator(kind, **architecture, **conditional)
+    conditional = kind in GENERATOR_KINDS and GENERATOR_KINDS[kind].conditional
+    model = build_generator(kind, **architecture, **({"num_classes": num_classes} if conditional else {}),
+                            image_size=image_size)
     history = train_generator(model, images, config, perceptual, labels=labels if model.conditional else None)
     return PreparedGenerator(model, history, model.config, {})

@@ -83,7 +83,7 @@ def train_head_on_images(
     classifier: Classifier, id_features: np.ndarray, synth_images: np.ndarray, feature: str,
     config: HeadConfig, batch_size: int = 500,
 ) -> TrainedHead:
-    """F's ``feature`` representation of the synthesised images (uint8 N×32×32×3), or of the ``synth_keep`` share
+    """F's ``feature`` representation of the synthesised images (uint8 N×S×S×3), or of the ``synth_keep`` share
     F is most confident on (:mod:`..synthesis.selection`), then B trained on the ID training features (the same
     representation) against it: what DMR and every synthesis baseline share. Under
     torchrun the images go through F split over the ranks, each rank getting every feature back."""

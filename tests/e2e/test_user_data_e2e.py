@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_tiny_project, run
+from helpers import make_tiny_project, run, write_class_folders
 from PIL import Image
 
 pytestmark = pytest.mark.e2e
@@ -22,16 +22,7 @@ def write_user_sets(root: Path) -> tuple[Path, Path]:
     """A 4-class ID folder (images 20–60 px, four modes, one colour per class plus noise) and an OOD folder."""
     rng = np.random.default_rng(0)
     id_root, ood_root = root / "my_pets", root / "my_ood"
-    for split, count in (("train", 24), ("test", 8)):
-        for c, name in enumerate(CLASSES):
-            folder = id_root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                h, w = rng.integers(20, 61, size=2)
-                colour = np.array([60 * c + 20, 200 - 50 * c, 40 + 30 * (c % 2)])
-                pixels = np.clip(colour + rng.normal(0, 25, size=(h, w, 3)), 0, 255).astype(np.uint8)
-                image = Image.fromarray(pixels).convert(MODES[i % len(MODES)])
-                image.save(folder / f"{i}.png")
+    write_class_folders(id_root, CLASSES, {"train": 24, "test": 8}, (20, 60), MODES, rng)
     (id_root / "train" / "ant" / "notes.txt").write_text("not an image")
     ood_root.mkdir()
     for i in range(30):

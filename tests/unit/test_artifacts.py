@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dmr_core.data.artifacts import atomic_output, open_zarr, save_zarr
+from dmr_core.data.artifacts import MAX_CHUNK_BYTES, atomic_output, chunk_rows, open_zarr, save_zarr
 
 
 def test_failed_write_leaves_nothing(tmp_path):
@@ -92,3 +92,18 @@ def test_nested_arrays_become_groups(tmp_path):
     group = open_zarr(tmp_path / "s.zarr", "s")
     np.testing.assert_array_equal(group["ood"]["icons"][:], np.ones(3))
     assert sorted(group["ood"].array_keys()) == ["icons", "noise"]
+
+
+@pytest.mark.parametrize(("size", "rows"), [(32, 4096), (64, 2048), (128, 512), (224, 128)])
+def test_image_chunks_hold_fewer_rows_as_images_grow(size, rows):
+    """A 32-px set keeps 4,096 images a chunk; larger images get fewer (halving), so no chunk passes 32 MiB and a
+    reader streaming a 224-px set holds one chunk of 19 MB, not 616 MB."""
+    row_bytes = size * size * 3
+    assert chunk_rows(4096, row_bytes) == rows
+    assert rows * row_bytes <= MAX_CHUNK_BYTES and (rows == 4096 or 2 * rows * row_bytes > MAX_CHUNK_BYTES)
+
+
+def test_stored_arrays_are_chunked_by_that_rule(tmp_path):
+    save_zarr(tmp_path / "set.zarr", {"images": np.zeros((600, 224, 224, 3), np.uint8), "labels": np.zeros(600)})
+    group = zarr.open_group(str(tmp_path / "set.zarr"), mode="r")
+    assert group["images"].chunks == (128, 224, 224, 3) and group["labels"].chunks == (600,)

@@ -24,6 +24,7 @@ from dmr_core.nets.classifier import (
     load_pretrained,
     load_user_checkpoint,
     save_classifier,
+    set_input_size,
 )
 from dmr_core.nets.features import extract_features
 from dmr_core.nets.hooks import on_meta
@@ -130,9 +131,21 @@ def test_resnet50_and_densenet121_have_a_cifar_stem():
         torch.testing.assert_close(model.logits_from_feature_map(reps["feature_map"]), reps["logits"])
 
 
+def test_torchvision_model_takes_the_images_at_their_own_size_by_default():
+    torch.manual_seed(0)
+    model = set_input_size(build_classifier(SMALL_TV, num_classes=4).eval(), 64)
+    assert model.input_size is None and model.image_size == 64
+    seen = []
+    model.net.features[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
+    with torch.no_grad():
+        reps = model.representations(torch.rand(2, 3, 64, 64))
+    assert seen[0] == (2, 3, 64, 64)  # no 32-px bottleneck and no resize: the model sees the photo as stored
+    assert reps["feature_map"].shape == (2, 576, 2, 2)
+
+
 def test_torchvision_model_scratch_resizes_normalises_and_gives_all_representations():
     torch.manual_seed(0)
-    model = build_classifier(SMALL_TV, num_classes=4).eval()
+    model = set_input_size(build_classifier(SMALL_TV, num_classes=4).eval(), 32, 224)
     assert model.input_size == 224 and model.resolved_layer() == "features"
     assert torch.allclose(model.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
     seen = []

@@ -92,6 +92,7 @@ class FixedScorer:
 
     class_names = ["a"]
     combined = None
+    image_size = 32
 
     def describe(self) -> dict:
         return {"source": "test", "threshold": 0.5, "keep": "0.95", "decision": "dmr", "combined": None}

@@ -3,8 +3,6 @@ and a user's pretrained generator plugged in through an entry point."""
 
 from __future__ import annotations
 
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -24,7 +22,7 @@ from dmr_core.params import ParamsError, parse_params
 from dmr_core.synthesis.latent_mixing import class_means, synthesize_latents
 from dmr_core.synthesis.latent_routes import draw_latents, samples_per_class
 from dmr_core.training.generator import GeneratorTrainingConfig, prepare_generator, train_generator
-from helpers import params_with
+from helpers import importable_module, params_with
 
 TRAIN = GeneratorTrainingConfig(epochs=2, batch_size=16, lr=0.002, beta_kl=0.1, seed=0)
 
@@ -175,11 +173,7 @@ def broken():
 
 @pytest.fixture
 def stand_in(tmp_path, monkeypatch):
-    module = tmp_path / "stand_in_gan.py"
-    module.write_text(textwrap.dedent(STAND_IN))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield "stand_in_gan"
-    sys.modules.pop("stand_in_gan", None)
+    yield from importable_module(tmp_path, monkeypatch, "stand_in_gan", STAND_IN)
 
 
 def test_external_generator_samples_latents_of_any_shape_and_round_trips(stand_in, tmp_path):

@@ -118,9 +118,61 @@ def test_generator_term_must_start_before_the_last_epoch(term):
 def test_spatial_latent_must_fill_the_grid():
     raw = copy.deepcopy(DEFAULTS)
     raw["generator"].update({"kind": "spatial_vae", "latent_dim": 100})
-    with pytest.raises(ParamsError, match="generator.latent_dim = 100 with generator.kind = spatial_vae: .*multiple of 16"):
+    with pytest.raises(ParamsError, match="generator.latent_dim = 100 with generator.kind = spatial_vae and "
+                                          "data.image_size = 32: .*4×4 grid.*multiple of 16"):
         parse_params(raw)
     raw["generator"]["latent_dim"] = 256
+    parse_params(raw)
+    raw["data"]["image_size"] = 48  # a 6×6 grid: 256 channels-times-cells no longer fill it
+    with pytest.raises(ParamsError, match="data.image_size = 48: .*6×6 grid.*multiple of 36"):
+        parse_params(raw)
+    raw["generator"]["latent_dim"] = 288
+    parse_params(raw)
+
+
+@pytest.mark.parametrize("size", [31, 33, 100, 250])
+def test_image_size_the_nets_cannot_build_is_one_line(size):
+    raw = copy.deepcopy(DEFAULTS)
+    raw["data"]["image_size"] = size
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    message = str(err.value)
+    assert message.startswith(f"invalid params: data.image_size = {size}: ") and "\n" not in message
+    assert "32, 40, 48" in message or "greater than or equal to 32" in message or "less than or equal" in message
+
+
+def test_image_size_held_whole_beyond_memory_is_refused(monkeypatch):
+    import dmr_core.params as params_module
+
+    raw = copy.deepcopy(DEFAULTS)
+    raw["data"]["image_size"] = 224
+    monkeypatch.setattr(params_module, "memory_size", lambda: 4 * 2**30)  # 50,000 × 224² × 3 bytes is 7 GiB
+    with pytest.raises(ParamsError, match=r"data.image_size = 224: the stages hold the ID training set whole, "
+                                          r"50,000 images .* = 7\.0 GiB, and this machine has 4\.0 GiB"):
+        parse_params(raw)
+    raw["data"]["train_per_class"] = 500
+    raw["synth_baselines"]["num_samples"] = 5000
+    parse_params(raw)
+
+
+def test_input_size_is_for_torchvision_models_only():
+    raw = copy.deepcopy(DEFAULTS)
+    raw["classifier"]["input_size"] = 64
+    with pytest.raises(ParamsError, match="classifier.input_size = 64 with classifier.arch = 'resnet20': only a "
+                                          "torchvision model resizes its input"):
+        parse_params(raw)
+
+
+def test_a_torchvision_model_too_deep_for_the_image_size_is_one_line():
+    raw = copy.deepcopy(DEFAULTS)
+    raw["classifier"].update({"arch": "torchvision:alexnet", "init": "scratch"})
+    # alexnet's default feature map (its adaptive pooling) does not pool into its classification layer
+    raw["baselines"]["detectors"] = ["MSP", "KNN"]
+    raw["synth_baselines"]["variants"] = ["mlm"]
+    with pytest.raises(ParamsError, match=r"classifier.arch = 'torchvision:alexnet' cannot take 32×32 images "
+                                          r"\(data.image_size = 32, classifier.input_size = 'auto'"):
+        parse_params(raw)
+    raw["classifier"]["input_size"] = 224
     parse_params(raw)
 
 
@@ -224,6 +276,23 @@ def test_kirby_cannot_edit_more_images_than_there_are():
         parse_params(raw)
     raw["synth_baselines"]["variants"] = ["mlm", "mim"]  # these sample with replacement
     assert parse_params(raw).synth_baselines.num_samples == 201
+
+
+def test_auto_synthesis_counts_fit_any_data_as_written():
+    """The default (auto) passes on a set far smaller than synth.num_samples (the attach walkthrough on 5,522
+    photos stopped here), and each variant then makes as many images as DMR's head sees, KIRBY and the other
+    training-image editors no more than there are training images."""
+    from dmr_core.synthesis.variants import variant_sample_count
+
+    raw = copy.deepcopy(DEFAULTS)
+    raw["data"]["train_per_class"] = 20
+    raw["baselines"]["reference_images"] = 100
+    assert parse_params(raw).synth_baselines.num_samples == "auto"
+    assert variant_sample_count("kirby", "auto", 25000, 200) == 200
+    assert variant_sample_count("saliency_shuffle", "auto", 25000, 5522) == 5522
+    assert variant_sample_count("mim", "auto", 25000, 200) == 25000
+    assert variant_sample_count("kirby", "auto", 25000, 50000) == 25000  # the default CIFAR-10 run, as before
+    assert variant_sample_count("kirby", 300, 25000, 50000) == 300
 
 
 def test_perceptual_images_come_from_one_batch():

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from pydantic.fields import FieldInfo
 
 from dmr_core.data.datasets import OOD_SET_NAMES, is_path_spec, user_path
-from dmr_core.params import Params, ParamsError, memory_needed, parse_params
+from dmr_core.params import Params, ParamsError, memory_cost, memory_needed, parse_params
 from dmr_core.runtime.machine import memory_size
 from helpers import DEFAULTS
 
@@ -55,6 +55,9 @@ def kind(field: FieldInfo) -> str:
         return "numbers"  # figures.ks / lambdas: a list of numbers, each with the constraints of its item
     if get_origin(annotation) in (Union, UnionType) and {get_origin(a) for a in get_args(annotation)} == {Literal, list}:
         return "choice_or_list"  # data.ood_sets: a suite or a list of names / paths
+    if (get_origin(annotation) in (Union, UnionType)
+            and [get_origin(a) for a in get_args(annotation)] == [Literal, Annotated]):
+        return "choice_or_number"  # classifier.input_size: auto or a number of pixels
     if get_origin(annotation) is dict:
         return "options"  # generator.options: keyword arguments (names to scalars) for a user's entry point
     if annotation is str:
@@ -148,6 +151,11 @@ def valid_by_field(field: FieldInfo, value: Any) -> bool:
                 return value in choices(field)
             return (isinstance(value, list) and len(value) >= 1 and len(set(map(repr, value))) == len(value)
                     and all(isinstance(v, str) and (v in names_listed(field) or existing_set_path(v)) for v in value))
+        case "choice_or_number":
+            word, number = get_args(field.annotation)
+            if isinstance(value, str):
+                return value in get_args(word)
+            return number_is_valid(get_args(number)[0], limits(number.__metadata__[0]), value)
         case "text":
             return isinstance(value, str) and len(value) >= bounds.get("min_length", 0)
         case "optional text":
@@ -204,6 +212,11 @@ def fixed_values(field: FieldInfo, default: Any) -> list[Any]:
             names = list(names_listed(field))
             return [*choices(field), "no_such_suite", [], [names[0]], [names[0], names[0]], names,
                     ["no_such_item"], ["./no/such/folder"], [names[0], 3], 0, None, [[names[0]]], *wrong_types]
+        case "choice_or_number":
+            word, number = get_args(field.annotation)
+            edges = [b + d for b in limits(number.__metadata__[0]).values() for d in (-1, 0, 1)]
+            return [*get_args(word), "no_such_choice", 224, 224.0, 224.5, float("nan"), float("inf"), True, 10**400,
+                    *edges, *wrong_types]
         case "options":
             return [default, {}, {"pkl": "models/g.pkl"}, {"n": 1, "f": 0.5, "flag": True, "nothing": None},
                     {"a": [1]}, {"a": {"b": 1}}, {1: "x"}, {"x": float("nan")}, {"x": float("inf")}, [], "text", 0,
@@ -297,11 +310,6 @@ def test_other_keys_against_generated_values(case):
 
 # --- sizes that memory must hold ----------------------------------------------------------------------------------
 
-def memory_cost(field: FieldInfo) -> dict[str, Any] | None:
-    extra = field.json_schema_extra
-    return extra if isinstance(extra, dict) and "item_bytes" in extra else None
-
-
 # the integer keys whose size no memory bound limits, and what limits them instead
 NOT_MEMORY_BOUNDED = {
     "seed": "a seed", "reference_seed": "a seed", "oe_seed": "a seed",
@@ -313,6 +321,9 @@ NOT_MEMORY_BOUNDED = {
     "vim_dim": "below the classifier's penultimate size", "perceptual_images": "at most generator.batch_size",
     "k": "at most the ID classes", "fixed_k": "capped at the ID classes", "columns": "at most 64",
     "ood_jpeg_quality": "1 to 100",
+    "image_size": "at most 256, and the ID training set held whole at that size checked against memory in Params",
+    "max_grid": "a side of the pooled feature map, at most the map's own",
+    "input_size": "at most 1024, one resize of a batch",
 }
 
 
@@ -320,7 +331,7 @@ def test_every_integer_size_is_bounded_by_memory_or_by_something_named():
     """A new count or size key must say what it costs in memory (or what else bounds it): the class of
     `data.gaussian_count: 1e10`, which passed validation and ended in a 27.9 TiB allocation."""
     for section, key, field in KEYS:
-        if field.annotation is int:
+        if field.annotation is int or kind(field) == "choice_or_number":
             assert (memory_cost(field) is None) == (key in NOT_MEMORY_BOUNDED), f"{section}.{key}"
 
 

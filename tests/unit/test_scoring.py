@@ -460,6 +460,7 @@ class BrightnessScorer:
 
     class_names = ["dark", "bright"]
     combined = None
+    image_size = 32
 
     def __init__(self) -> None:
         self.calls = 0
