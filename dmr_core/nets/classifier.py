@@ -295,7 +295,7 @@ def save_classifier(model: Classifier, arch: str, path: str | Path, extra: dict 
     """The architecture, its class count and names, and the state dict of :meth:`Classifier.core`."""
     # 32 px stays implicit (a checkpoint without the key means 32), so a 32-px run's checkpoint is as it was
     sizes = {"image_size": model.image_size} if model.image_size != 32 else {}
-    if isinstance(model, TorchvisionClassifier):
+    if arch.startswith(TORCHVISION_PREFIX):
         sizes["input_size"] = model.input_size
     save_checkpoint({"arch": arch, "num_classes": model.classifier_head().out_features,
                      "class_names": None if class_names is None else list(class_names), **sizes,
@@ -329,7 +329,7 @@ def load_classifier_with_digest(path: str | Path, feature_layer: str = AUTO_LAYE
     load_state_dict_checked(model.core(), state, str(path))
     model.set_feature_layer(feature_layer).set_max_grid(max_grid)
     model.image_size = int(payload.get("image_size", 32))  # saved before sizes were stored: 32 px, as all were
-    if isinstance(model, TorchvisionClassifier):
+    if arch.startswith(TORCHVISION_PREFIX):  # (the CIFAR-stem resnet50 / densenet121 never resized)
         # saved before input sizes were stored: resized to its weights' size, as every torchvision model then was
         model.input_size = payload.get("input_size", torchvision_layout(arch.removeprefix(TORCHVISION_PREFIX))
                                        .input_size)

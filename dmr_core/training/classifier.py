@@ -27,9 +27,11 @@ class ClassifierTrainingConfig:
     seed: int
 
 
-def random_crop_flip(images: Tensor, rng: torch.Generator, padding: int = 4) -> Tensor:
-    """Standard CIFAR augmentation (pad-4 random crop + horizontal flip), per sample, vectorised."""
+def random_crop_flip(images: Tensor, rng: torch.Generator, padding: int | None = None) -> Tensor:
+    """Standard CIFAR augmentation (pad-4 random crop + horizontal flip), per sample, vectorised; the padding is an
+    eighth of the side unless given (4 px at 32 px), so larger images are shifted as far relative to their size."""
     n, _, h, w = images.shape
+    padding = max(1, min(h, w) // 8) if padding is None else padding
     padded = nnf.pad(images, (padding,) * 4, mode="reflect")
     # drawn on the CPU RNG so a GPU run sees the same crops as a CPU run
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=rng).to(images.device)

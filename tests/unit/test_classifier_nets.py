@@ -26,6 +26,7 @@ from dmr_core.nets.classifier import (
     save_classifier,
     set_input_size,
 )
+from dmr_core.nets.classifier_base import bounded_grid
 from dmr_core.nets.features import extract_features
 from dmr_core.nets.hooks import on_meta
 from dmr_core.params import parse_params
@@ -269,6 +270,35 @@ def test_user_checkpoint_with_other_class_names_or_arch_is_refused(tmp_path):
         load_user_checkpoint(tmp_path / "ours.pt", "resnet32", 2)
 
 
+def test_the_checkpoint_records_the_size_it_was_trained_at(tmp_path):
+    """A 48-px run's classifier says so (a 32-px one's file is as it always was), loads at that size for dmr score,
+    and as a user's checkpoint it is refused for data of another size before anything trains."""
+    model = set_input_size(build_classifier("resnet20", num_classes=2), 48)
+    save_classifier(model, "resnet20", tmp_path / "at48.pt")
+    assert torch.load(tmp_path / "at48.pt", weights_only=True)["image_size"] == 48
+    assert load_classifier(tmp_path / "at48.pt").image_size == 48
+    with pytest.raises(CheckpointError, match=r"at48\.pt was trained on 48×48 images but the data are 32×32 "
+                                              r"\(data\.image_size\); set data\.image_size: 48") as info:
+        load_user_checkpoint(tmp_path / "at48.pt", "resnet20", 2, image_size=32)
+    assert "\n" not in str(info.value)
+    assert load_user_checkpoint(tmp_path / "at48.pt", "resnet20", 2, image_size=48).classifier_head().out_features == 2
+    save_classifier(build_classifier("resnet20", num_classes=2), "resnet20", tmp_path / "at32.pt")
+    assert "image_size" not in torch.load(tmp_path / "at32.pt", weights_only=True)
+    assert load_classifier(tmp_path / "at32.pt").image_size == 32
+
+
+def test_a_torchvision_checkpoint_keeps_its_resize_and_an_old_one_the_resize_it_had(tmp_path):
+    model = set_input_size(build_classifier(SMALL_TV, num_classes=2), 64)
+    save_classifier(model, SMALL_TV, tmp_path / "as_they_come.pt")
+    assert load_classifier(tmp_path / "as_they_come.pt").input_size is None
+    save_classifier(set_input_size(model, 32, 224), SMALL_TV, tmp_path / "resized.pt")
+    assert load_classifier(tmp_path / "resized.pt").input_size == 224
+    payload = torch.load(tmp_path / "as_they_come.pt", weights_only=True)
+    del payload["input_size"]  # as written before input sizes were stored, when every torchvision model resized
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_classifier(tmp_path / "old.pt").input_size == 224
+
+
 class _Evil:
     def __reduce__(self):
         return (print, ("unpickled",))
@@ -446,3 +476,24 @@ def test_the_written_out_torchvision_models_are_the_installed_torchvisions():
     from dmr_core.nets.torchvision_nets import TORCHVISION_CLASSIFIERS
 
     assert TORCHVISION_CLASSIFIERS == tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+@pytest.mark.parametrize(("side", "pooled"), [(8, 8), (12, 6), (16, 8), (20, 5), (28, 7), (56, 8), (13, 1)])
+def test_the_feature_map_is_pooled_in_equal_cells_keeping_its_global_average(side, pooled):
+    """features.max_grid 8: every cell the mean of k×k positions, k the smallest divisor of the side that brings it
+    within 8, so the penultimate vector (the map's global average) is the one the classifier computes."""
+    fmap = torch.randn(2, 5, side, side + 4 if side == 12 else side, dtype=torch.float64)
+    out = bounded_grid(fmap, 8)
+    width = 8 if side == 12 else pooled  # a 12×16 map: 2×2 cells down, 2×2 across
+    assert out.shape == (2, 5, pooled, width)
+    torch.testing.assert_close(out.mean(dim=(2, 3)), fmap.mean(dim=(2, 3)))
+    assert bounded_grid(fmap, 0) is fmap  # 0: as it comes
+
+
+def test_a_48_px_resnet_gives_its_pooled_map_and_unchanged_logits():
+    torch.manual_seed(0)
+    model = build_classifier("resnet20", num_classes=3).eval().set_max_grid(8)
+    with torch.no_grad():
+        reps = model.representations(torch.rand(2, 3, 48, 48))
+    assert reps["feature_map"].shape == (2, 64, 6, 6)  # layer3 is 12×12 at 48 px
+    torch.testing.assert_close(model.logits_from_feature_map(reps["feature_map"]), reps["logits"])
