@@ -146,6 +146,10 @@ def bench(train_per_class: int, ref: str | None = None, overrides: list[str] = (
         stages = {}
         for stage in dmr_path(project):
             wall, rss = timed(["dvc", "repro", "--single-item", stage], project)
+            if stage == "data":  # the counts the data stage found (a suite's sets, as stored and encoded)
+                data = json.loads((project / "metrics" / "data.json").read_text())
+                ood_images = sum(entry["images"] for entry in data["ood"].values())
+                images = stage_images(params, data["id_train"]["images"], data["id_test"]["images"], ood_images)
             rate = images.get(stage, 0) / wall
             stages[stage] = {"wall_s": round(wall, 2), "images_per_s": round(rate, 1), "peak_rss_mb": round(rss, 1)}
             print(f"{stage:>15}: {wall:7.1f} s  {rate:9.1f} images/s  peak RSS {rss:7.1f} MB")

@@ -745,3 +745,33 @@ def _raw_call(path):
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation: the format is tested as shipped
         module = torch.export.load(str(path)).module() if path.suffix == ".pt2" else torch.jit.load(str(path))
     return lambda x: {k: v.numpy() for k, v in module(torch.from_numpy(np.ascontiguousarray(x))).items()}
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx", "torchscript"])
+def test_a_48_px_detector_exports_its_size_in_every_format(tmp_path, fmt):
+    """A run at data.image_size 48: each exported file states 48 in its metadata and contract, scores 48-px images
+    as the detector does, and refuses 32-px ones in one line naming the size (TorchScript in the file itself)."""
+    from dmr_core.nets.classifier import build_classifier, set_input_size
+    from dmr_core.nets.rejection_head import RejectionHead
+    from dmr_core.serving.detector import TrainedDetector
+    from dmr_core.serving.export import SUFFIXES, ExportedDetector, export_detector
+
+    torch.manual_seed(0)
+    classifier = set_input_size(build_classifier("resnet20", num_classes=3).eval(), 48).set_max_grid(8)
+    detector = TrainedDetector(classifier, RejectionHead(64 * 6 * 6, 16).eval(), "feature_map", 0.0)
+    path = tmp_path / f"model{SUFFIXES[fmt]}"
+    meta = export_detector(path, detector.export_graph(), ["a", "b", "c"], fmt)
+    assert meta["image_size"] == 48 and meta["input"].startswith("uint8 N×48×48×3")
+    images = np.random.default_rng(0).integers(0, 256, (5, 48, 48, 3), dtype=np.uint8)
+    exported = ExportedDetector.load(path)
+    tolerance = 1e-3 if fmt == "onnx" else 1e-4
+    np.testing.assert_allclose(exported.score(images)["dmr_score"], detector.score(images)["dmr_score"],
+                               rtol=0, atol=tolerance)
+    with pytest.raises(ValueError, match="uint8 N×48×48×3"):
+        exported.score(np.zeros((1, 32, 32, 3), np.uint8))
+    if fmt == "torchscript":
+        module = torch.jit.load(str(path))
+        with pytest.raises(Exception, match="uint8 images must be N×48×48×3 \\(RGB\\); resize to 48×48 first"):
+            module(torch.zeros(1, 32, 32, 3, dtype=torch.uint8))
+        with pytest.raises(Exception, match="float N×3×48×48 in \\[0, 1\\]"):
+            module(torch.zeros(1, 3, 32, 32))
