@@ -71,8 +71,11 @@ def test_48_px_photos_run_the_whole_pipeline_at_their_size(tmp_path):
     from dmr_core.nets.generator import load_generator
     from dmr_core.serving.export import ExportedDetector
 
-    project = tiny_project_at(48, tmp_path, {}, {"synth_baselines": {"k": 2, "num_samples": 60,
-                                                                    "variants": ["mim", "kirby"]}})
+    # KIRBY reads F's class activation maps at the run's size; ReAct computes logits from the pooled map
+    project = tiny_project_at(48, tmp_path, {"epochs": 2}, {
+        "synth_baselines": {"k": 2, "num_samples": 60, "variants": ["kirby"]},
+        "baselines": {"knn_k": 5, "reference_images": 50, "detectors": ["MSP", "ReAct", "KNN"]},
+    })
     result = run(["dvc", "repro"], project)
     assert "Running stage 'report'" in result.stdout
     data = json.loads((project / "metrics" / "data.json").read_text())
