@@ -86,13 +86,17 @@ _PIXELS = 32 * 32 * 3
 _FLOAT32_IMAGE = (_PIXELS * 4, "a float32 32×32×3 image of the batch")
 _UINT8_IMAGE = (_PIXELS, "a uint8 32×32×3 image, the set held whole")
 _FEATURE_ROW = (4 * 64, "a float32 row of at least 64 features")
+# the costs that are one image of the run: they grow with the square of data.image_size
+_PER_IMAGE = (_FLOAT32_IMAGE, _UINT8_IMAGE)
 
 
 def _held_in_memory(cost: tuple[int, str], power: int = 1, **constraints: Any) -> Any:
     """A Field counting things a stage holds in memory at once, ``cost`` = (bytes each at least, as what), or with
     ``power`` 2 a width whose weights grow as its square: a value that this machine's memory cannot hold is
-    refused before any work (a lower bound, so a value near it may still need more)."""
-    return Field(**constraints, json_schema_extra={"item_bytes": cost[0], "item": cost[1], "power": power})
+    refused before any work (a lower bound, so a value near it may still need more). An image of a batch or a set
+    (``_PER_IMAGE``) is costed at 32 px here, and at data.image_size by :func:`_image_memory_problems`."""
+    return Field(**constraints, json_schema_extra={"item_bytes": cost[0], "item": cost[1], "power": power,
+                                                   "per_image": cost in _PER_IMAGE})
 
 
 def memory_cost(field: Any) -> dict[str, Any] | None:
@@ -574,9 +578,31 @@ def _outlier_problems(p: Params, info: IdSetInfo) -> Iterator[str]:
             return
 
 
+def _image_memory_problems(p: Params) -> Iterator[str]:
+    """A batch or set of images that this machine's memory cannot hold at data.image_size (each key's own check
+    costs its images at 32 px)."""
+    scale = (p.data.image_size / 32) ** 2
+    if scale <= 1:
+        return
+    for section_name, section_field in Params.model_fields.items():
+        section = getattr(p, section_name)
+        for key, field in section_field.annotation.model_fields.items():
+            extra, value = memory_cost(field), getattr(section, key)
+            if extra is None or not extra.get("per_image") or not isinstance(value, int):
+                continue
+            needed, machine = memory_needed(value, extra) * scale, memory_size()
+            if needed > machine:
+                side = p.data.image_size
+                item = extra["item"].replace("32×32", f"{side}×{side}")
+                yield (f"{section_name}.{key} = {value} with data.image_size = {side}: needs at least "
+                       f"{_size_text(int(needed))} of memory ({_size_text(int(extra['item_bytes'] * scale))} for "
+                       f"each, {item}) and this machine has {_size_text(machine)}; lower it or data.image_size")
+
+
 def _problems(p: Params) -> Iterator[str]:
     """Each broken rule across keys, as one line naming the keys involved."""
     info = describe_id_set(p.data.id_set)
+    yield from _image_memory_problems(p)
     yield from _data_problems(p.data, info)
     yield from _outlier_problems(p, info)
     classes = len(info.class_names)

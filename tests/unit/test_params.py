@@ -155,6 +155,25 @@ def test_image_size_held_whole_beyond_memory_is_refused(monkeypatch):
     parse_params(raw)
 
 
+def test_a_batch_of_images_is_costed_at_the_run_s_image_size(monkeypatch):
+    """classifier.batch_size 10,000 is 117 MiB of float32 images at 32 px but 5.6 GiB at 224 px: refused there in
+    one line naming both keys, on a machine of 1 GiB."""
+    import dmr_core.params as params_module
+
+    raw = copy.deepcopy(DEFAULTS)
+    raw["data"]["train_per_class"] = 20
+    raw["baselines"]["reference_images"] = 100
+    raw["classifier"]["batch_size"] = 10_000
+    monkeypatch.setattr(params_module, "memory_size", lambda: 2**30)
+    parse_params(raw)
+    raw["data"]["image_size"] = 224
+    with pytest.raises(ParamsError, match=r"classifier\.batch_size = 10000 with data\.image_size = 224: needs at "
+                                          r"least 5\.6 GiB of memory \(588\.0 KiB for each, a float32 224×224×3 "
+                                          r"image of the batch\) and this machine has 1\.0 GiB; lower it or "
+                                          r"data\.image_size"):
+        parse_params(raw)
+
+
 def test_input_size_is_for_torchvision_models_only():
     raw = copy.deepcopy(DEFAULTS)
     raw["classifier"]["input_size"] = 64
