@@ -88,6 +88,24 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def best_rates(variants: dict, repeats: int) -> dict[str, float]:
+    """Images/s of each variant (a function returning the images it scored): a warm-up, then ``repeats`` rounds over
+    every variant side by side, the best round per variant (other load on the machine then hits each alike)."""
+    counts = {name: fn() for name, fn in variants.items()}  # warm-up
+    seconds = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            seconds[name].append(_timed(fn))
+    return {name: round(counts[name] / min(times), 1) for name, times in seconds.items()}
+
+
+def machine_facts(load_before: float) -> dict:
+    """The CPU, its cores, torch and its threads, Python, and the load average before and after."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "load_average_1min": [load_before, round(os.getloadavg()[0], 2)]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
@@ -134,15 +152,8 @@ def main() -> None:
                 sizes[f"{fmt}_{kind}"] = round(path.stat().st_size / 1e6, 2)
                 exported = ExportedDetector.load(path)
                 variants.update({f"{fmt}_{kind}_bs{b}": on_batches(exported, b) for b in batches})
-        seconds = {name: [] for name in variants}
-        counts = {name: fn() for name, fn in variants.items()}  # warm-up
-        for _ in range(args.repeats):
-            for name, fn in variants.items():
-                seconds[name].append(_timed(fn))
-        results = {name: round(counts[name] / min(times), 1) for name, times in seconds.items()}
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "python": platform.python_version(),
-               "load_average_1min": [load_before, round(os.getloadavg()[0], 2)]}
+        results = best_rates(variants, args.repeats)
+    machine = machine_facts(load_before)
     peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     payload = {"what": "images/s scoring 32x32 uint8 images (class, confidence, DMR score, combined score where "
                        f"named, decisions), best of {args.repeats}", "nets": nets, "images": n, "machine": machine,

@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -35,7 +33,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_score import cpu_model  # noqa: E402 -- after the path
+from bench_score import best_rates, machine_facts  # noqa: E402 -- after the path
 
 from dmr_core.nets.classifier import build_classifier, set_input_size  # noqa: E402
 from dmr_core.nets.rejection_head import RejectionHead  # noqa: E402
@@ -66,7 +64,7 @@ def main() -> None:
     warnings.simplefilter("ignore", FutureWarning)
     cases = [("resnet20", size) for size in SIZES] + [("torchvision:resnet18", 224)]
     load_before = round(os.getloadavg()[0], 2)
-    results, head_inputs = {}, {}
+    head_inputs = {}
     with tempfile.TemporaryDirectory(prefix="dmr-bench-sizes-") as tmp:
         variants = {}
         for arch, size in cases:
@@ -92,17 +90,8 @@ def main() -> None:
 
             variants[f"{arch}@{size}px_arrays"] = arrays
             variants[f"{arch}@{size}px_png_files"] = files
-        counts = {name: fn() for name, fn in variants.items()}  # warm-up
-        seconds = {name: [] for name in variants}
-        for _ in range(args.repeats):
-            for name, fn in variants.items():
-                start = time.perf_counter()
-                fn()
-                seconds[name].append(time.perf_counter() - start)
-        results = {name: round(counts[name] / min(times), 1) for name, times in seconds.items()}
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "python": platform.python_version(),
-               "load_average_1min": [load_before, round(os.getloadavg()[0], 2)]}
+        results = best_rates(variants, args.repeats)
+    machine = machine_facts(load_before)
     peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     payload = {"what": f"images/s scoring S×S uint8 images (class, confidence, DMR score, decision) at batch {BATCH}, "
                        f"best of {args.repeats}; freshly initialised nets of the run's shapes",
