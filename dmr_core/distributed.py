@@ -8,7 +8,7 @@ process nothing here changes a code path: every helper is the identity, and resu
   contiguous share of it (``shard_range`` over the batch) and the gradients are averaged over ranks before each
   optimiser step — the data-parallel SGD of DDP (Li et al., "PyTorch Distributed", VLDB 2020), with the global
   batch, hence the recipe, unchanged. BatchNorm statistics stay per rank and floats are summed in another order,
-  so W-rank weights differ from 1-rank weights within a tolerance (tests/test_distributed.py measures it).
+  so W-rank weights differ from 1-rank weights within a tolerance (tests/unit/test_distributed.py measures it).
 - Inference: rows are split by rank in whole zarr chunks (``chunk_shard``), so each rank writes its own disjoint
   set of chunk files and no two ranks ever touch one chunk; the result equals the one-process result. Random
   draws (which sources a synthesised image mixes, its λ, which images get detail, sampled z) are cheap and made
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .data.streams import window
 from .runtime.machine import available_memory, usable_cores
 
 NPROC_ENV = "DMR_NPROC"
@@ -177,7 +178,7 @@ def split_over_ranks(compute: Callable[[np.ndarray], np.ndarray], batch_size: in
         if world_size() == 1 or len(inputs) == 0:
             return compute(inputs)
         rows = chunk_shard(len(inputs), batch_size)
-        part = compute(inputs[rows.start:rows.stop]) if len(rows) else None
+        part = compute(window(inputs, rows.start, rows.stop)) if len(rows) else None
         return np.concatenate([p for p in all_gather(part) if p is not None])
     return split
 

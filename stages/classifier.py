@@ -14,14 +14,14 @@ from dmr_core.training.classifier import ClassifierTrainingConfig, accuracy, tra
 from dmr_core.training.curves import write_curve
 from dmr_core.training.loop import seed_everything
 
-from dmr_core.data.layout import read_image_set
+from dmr_core.data.layout import open_image_set, read_image_set
 from dmr_core.runtime.stage import run
 
 
 def main(params: Params, train: Path, test: Path, out: Path, metrics: Path, curve: Path) -> None:
     p = params.classifier
     train_x, train_y, attrs = read_image_set(train)
-    test_x, test_y, _ = read_image_set(test)
+    test_x, test_y, _ = open_image_set(test)
     if not attrs.get("class_names"):
         raise DataError(f"{train} records no class_names; rebuild the datasets with `dvc repro data`")
     class_names = [str(name) for name in attrs["class_names"]]

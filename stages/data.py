@@ -12,6 +12,7 @@ from dmr_core.data.artifacts import atomic_output, save_zarr, write_json
 from dmr_core.data.datasets import ImageSet, load_id_split, load_ood_set, select_ood_sets, set_name
 from dmr_core.data.encoding import as_stored_name, describe_encoding, jpeg_round_trip, resolve_encoding
 from dmr_core.data.layout import id_split_path, ood_set_path, write_sets_index
+from dmr_core.data.leakage import ImageDigests
 from dmr_core.data.test_sets import refuse_shared_images, without_repeats
 from dmr_core.params import Params
 from dmr_core.runtime.stage import run
@@ -43,14 +44,14 @@ def main(params: Params, out: Path, metrics: Path) -> None:
             image_set = load_id_split(p.id_set, split, per_class=per_class, seed=p.seed, size=p.image_size)
             if split == "test":
                 image_set = without_repeats(image_set)
-                refuse_shared_images({"": image_set.images}, {"id_train": id_train.images}, "the ID test split",
+                refuse_shared_images({"": image_set.images}, {"id_train": id_images["id_train"]}, "the ID test split",
                                      "a test split must hold no training image: remove them from one of the splits")
             _save(image_set, id_split_path(tmp, split), f"id_{split}")
             summary[f"id_{split}"] = _summary(image_set)
             class_names = image_set.class_names
             if split == "train":
                 id_train = image_set
-            id_images[f"id_{split}"] = image_set.images
+            id_images[f"id_{split}"] = ImageDigests(image_set.images)  # digested once for every check against it
         summary["classes"] = len(class_names)
         id_encoding = id_train.encoding
         encoding = resolve_encoding(p.ood_encoding, id_encoding, p.ood_jpeg_quality)

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import zarr
 
-from dmr_core.data.artifacts import shared_output, write_zarr_rows
-from dmr_core.distributed import chunk_shard, is_main
+from dmr_core.data.artifacts import shared_output, stream_zarr_rows
+from dmr_core.distributed import batch_aligned, chunk_shard, is_main
 from dmr_core.nets.classifier import load_classifier
-from dmr_core.nets.features import extract_feature_rows
+from dmr_core.nets.features import feature_batches
 from dmr_core.params import Params
 
-from dmr_core.data.layout import id_split_path, ood_set_path, read_image_set, read_sets_index
+from dmr_core.data.layout import id_split_path, ood_set_path, open_image_set, read_sets_index
 from dmr_core.runtime.stage import run
 
 ROWS_PER_CHUNK = 2048
@@ -28,11 +28,13 @@ def main(params: Params, datasets: Path, classifier: Path, out: Path) -> None:
         if is_main():
             zarr.open_group(str(tmp), mode="w")
         for key, path in sets.items():
-            images, labels, _ = read_image_set(path)
+            images, labels, _ = open_image_set(path)
             rows = chunk_shard(len(images), ROWS_PER_CHUNK)
-            arrays = extract_feature_rows(model, images, rows, params.features.batch_size, desc=key)
-            arrays["labels"] = labels[rows.start:rows.stop].astype("int16")
-            write_zarr_rows(tmp, key, arrays, rows, len(images), ROWS_PER_CHUNK)
+            span = batch_aligned(rows, params.features.batch_size, len(images))
+            blocks = ((start, {**found, "labels": labels[start:start + len(found["logits"])].astype("int16")})
+                      for start, found in feature_batches(model, images, params.features.batch_size, desc=key,
+                                                          rows=span))
+            stream_zarr_rows(tmp, key, blocks, rows, len(images), ROWS_PER_CHUNK)
             print(f"features {key}: {len(images)} images")
         if is_main():
             zarr.open_group(str(tmp), mode="r+").attrs["ood_sets"] = ood_sets

@@ -12,7 +12,8 @@ from dmr_core.params import Params
 from dmr_core.plotting import save_image_grid
 from dmr_core.synthesis.figures import feasible_ks, fixed_sources, k_sweep, lambda_sweep
 
-from dmr_core.data.layout import read_image_set
+from dmr_core.data.layout import open_image_set
+from dmr_core.data.streams import take_rows
 from dmr_core.runtime.stage import run
 
 
@@ -21,7 +22,7 @@ def main(params: Params, train: Path, latents: Path, class_means: Path, generato
     encoded = open_zarr(latents, "the latents (stage latents)")
     latent_array, labels = np.asarray(encoded["latents"][:]), np.asarray(encoded["labels"][:])
     means = np.asarray(open_zarr(class_means, "the class means (stage class_means)")["means"][:])
-    images, _, _ = read_image_set(train)
+    images, _, _ = open_image_set(train)
     model = load_generator(generator)
 
     def decode(batch: np.ndarray) -> np.ndarray:
@@ -31,7 +32,8 @@ def main(params: Params, train: Path, latents: Path, class_means: Path, generato
     ks, fixed_k = feasible_ks(p.ks, classes), min(p.fixed_k, classes)
     sources = fixed_sources(labels, max(ks + [fixed_k]), p.columns, p.seed)
     # a sampled latent has no photograph behind it: show what G makes of it
-    first = ([("first source (real)", images[sources[:, 0]])] if encoded.attrs.get("route", "encoded") == "encoded"
+    first = ([("first source (real)", take_rows(images, sources[:, 0]))]
+             if encoded.attrs.get("route", "encoded") == "encoded"
              else [("first source G(M(z, c))", decode(latent_array[sources[:, 0]]))])
     rows = [(f"k = {k}", decode(mixed)) for k, mixed in zip(ks, k_sweep(latent_array, labels, means, ks,
                                                                         p.fixed_lambda, sources))]

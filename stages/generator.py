@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from dmr_core.data.artifacts import atomic_output, write_json
-from dmr_core.evaluation.metrics import reconstruction_error
-from dmr_core.nets.generator import decode_to_images, reconstruct, sample_class_latents, save_generator
+from dmr_core.nets.generator import decode_to_images, reconstruction_summary, sample_class_latents, save_generator
 from dmr_core.distributed import is_main
 from dmr_core.params import Params
 from dmr_core.plotting import save_image_grid
@@ -17,7 +16,8 @@ from dmr_core.training.curves import write_curve
 from dmr_core.training.generator import GeneratorTrainingConfig, prepare_generator
 from dmr_core.training.perceptual import load_perceptual_loss
 
-from dmr_core.data.layout import read_image_set
+from dmr_core.data.layout import open_image_set, read_image_set
+from dmr_core.data.streams import take_rows
 from dmr_core.runtime.stage import run
 
 
@@ -25,7 +25,7 @@ def main(params: Params, train: Path, test: Path, perceptual_net: Path, out: Pat
          plot: Path, curve: Path) -> None:
     p = params.generator
     train_x, train_y, attrs = read_image_set(train)
-    test_x, test_y, _ = read_image_set(test)
+    test_x, test_y, _ = open_image_set(test)
     classes = len(attrs["class_names"])
     perceptual = load_perceptual_loss(perceptual_net, images_per_batch=p.perceptual_images)
     prepared = prepare_generator(p.kind, {"latent_dim": p.latent_dim, "base_channels": p.base_channels},
@@ -35,12 +35,11 @@ def main(params: Params, train: Path, test: Path, perceptual_net: Path, out: Pat
         return
     model = prepared.model
     show = np.linspace(0, len(test_x) - 1, min(16, len(test_x))).astype(int)
-    rows, result = [("ID test images", test_x[show])], {"kind": p.kind}
+    rows, result = [("ID test images", take_rows(test_x, show))], {"kind": p.kind}
     if model.can_encode:
-        recon = reconstruct(model, test_x, test_y)
-        mse, psnr = reconstruction_error(test_x, recon)
+        mse, psnr, shown = reconstruction_summary(model, test_x, test_y, show)
         print(f"generator {p.kind}: test reconstruction MSE {mse:.5f}, PSNR {psnr:.2f} dB")
-        rows.append(("reconstructions G(E(x))", recon[show]))
+        rows.append(("reconstructions G(E(x))", shown))
         result |= {"test_recon_mse": round(mse, 6), "test_recon_psnr_db": round(psnr, 3)}
     if model.conditional:  # one sample per class and column: what the sampled route decodes before any mixing
         per_class = min(16, len(test_x))

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dmr_core.data.artifacts import save_zarr_rows
+from dmr_core.data.artifacts import save_zarr_stream
 from dmr_core.distributed import chunk_shard, sum_over_ranks
 from dmr_core.nets.generator import load_generator
 from dmr_core.params import Params
-from dmr_core.synthesis.latent_routes import draw_latents, num_latents
+from dmr_core.synthesis.latent_routes import LatentTally, latent_blocks, num_latents
 
-from dmr_core.data.layout import read_image_set
+from dmr_core.data.layout import open_image_set
 from dmr_core.runtime.stage import run
 
 ROWS_PER_CHUNK = 4096
@@ -21,24 +21,23 @@ ROWS_PER_CHUNK = 4096
 
 def main(params: Params, train: Path, generator: Path, out: Path) -> None:
     p = params.latents
-    images, labels, attrs = read_image_set(train)
+    images, labels, attrs = open_image_set(train)
     num_classes = len(attrs["class_names"])
     n = num_latents(p.route, labels, num_classes, p.samples_per_class)
     # under torchrun each rank encodes (or maps) and writes its own whole chunks (dmr_core.distributed)
     rows = chunk_shard(n, ROWS_PER_CHUNK)
-    drawn = draw_latents(load_generator(generator), p.route, images, labels, num_classes,
-                         batch_size=p.batch_size, per_class=p.samples_per_class, seed=p.seed, rows=rows)
-    arrays = {"latents": drawn.latents, "labels": drawn.labels.astype("int16")}
-    if drawn.residuals is not None:
-        arrays["residuals"] = drawn.residuals
-    save_zarr_rows(out, arrays, rows, n, {"class_names": attrs["class_names"], "route": p.route}, ROWS_PER_CHUNK)
-    shape = (n, *drawn.latents.shape[1:])  # rank 0, the one that prints, has rows whenever there are any
-    if drawn.residuals is None:
-        print(f"latents: {shape} sampled from M(z, c)")
+    blocks = latent_blocks(load_generator(generator), p.route, images, labels, num_classes,
+                           batch_size=p.batch_size, per_class=p.samples_per_class, seed=p.seed, rows=rows)
+    tally = LatentTally()
+    stored = ((start, {**block, "labels": block["labels"].astype("int16")})
+              for start, block in map(tally.add, blocks))
+    save_zarr_stream(out, stored, rows, n, {"class_names": attrs["class_names"], "route": p.route}, ROWS_PER_CHUNK)
+    if p.route == "sampled":
+        print(f"latents: {(n, *tally.latent_shape)} sampled from M(z, c)")
         return
-    squared = drawn.residuals.astype(np.float32)
-    squares, count = sum_over_ranks(float(np.square(squared, out=squared).sum(dtype=np.float64)), squared.size)
-    print(f"latents: {shape} encoded; reconstruction residual RMS {np.sqrt(squares / count):.2f} / 255")
+    squares, count = sum_over_ranks(tally.squares, tally.count)
+    rms = np.sqrt(squares / max(count, 1))
+    print(f"latents: {(n, *tally.latent_shape)} encoded; reconstruction residual RMS {rms:.2f} / 255")
 
 
 if __name__ == "__main__":

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dmr_core.data.artifacts import open_zarr, save_zarr_rows
+from dmr_core.data.artifacts import open_zarr, save_zarr_stream
 from dmr_core.data.encoding import describe_encoding, encode_like, resolve_encoding, stored_encoding
 from dmr_core.distributed import chunk_shard, is_main
 from dmr_core.nets.generator import decode_to_images, load_generator
 from dmr_core.params import Params
 from dmr_core.plotting import lambda_band_rows, save_image_grid
-from dmr_core.synthesis.dmr import SynthConfig, synthesize_ood_images
+from dmr_core.data.streams import block_rows, row_bytes
+from dmr_core.synthesis.dmr import SynthConfig, synthesised_blocks
 
 from dmr_core.runtime.stage import run
 
@@ -24,24 +25,25 @@ ROWS_PER_CHUNK = 4096
 def main(params: Params, id_train: Path, latents: Path, class_means: Path, generator: Path, out: Path,
          plot: Path) -> None:
     p = params.synth
-    encoding = resolve_encoding(p.encoding, stored_encoding(open_zarr(id_train, "the datasets (stage data)").attrs))
+    id_images = open_zarr(id_train, "the datasets (stage data)")
+    encoding = resolve_encoding(p.encoding, stored_encoding(id_images.attrs))
     encoded = open_zarr(latents, "the latents (stage latents)")
     means = open_zarr(class_means, "the class means (stage class_means)")
     # under torchrun each rank decodes and writes its own whole chunks; the draws are the whole set's on every rank
     rows = chunk_shard(p.num_samples, ROWS_PER_CHUNK)
-    synthesised = synthesize_ood_images(
+    blocks = synthesised_blocks(
         np.asarray(encoded["latents"][:]), np.asarray(encoded["labels"][:]), np.asarray(means["means"][:]),
         partial(decode_to_images, load_generator(generator), batch_size=p.batch_size), p.to(SynthConfig),
         # the sampled route has no residuals; validation keeps synth.detail at none there
         residuals=encoded["residuals"] if "residuals" in encoded else None,
-        residual_means=means["residual_means"] if "residual_means" in means else None, rows=rows)
-    save_zarr_rows(out, {
-        "images": encode_like(synthesised.images, encoding), "lambdas": synthesised.lambdas,
-        "source_indices": synthesised.sources.astype(np.int32),
-        "source_labels": synthesised.source_labels.astype(np.int16),
-    }, rows, p.num_samples, {"method": p.method, "k": p.k, "lambda_dist": p.lambda_dist, "detail": p.detail,
-                             "detail_fraction": p.detail_fraction,
-                             "encoding": describe_encoding(encoding)}, ROWS_PER_CHUNK)
+        residual_means=means["residual_means"] if "residual_means" in means else None, rows=rows,
+        block=block_rows(p.batch_size, row_bytes(id_images["images"])))
+    stored = ((start, {"images": encode_like(part.images, encoding), "lambdas": part.lambdas,
+                       "source_indices": part.sources.astype(np.int32),
+                       "source_labels": part.source_labels.astype(np.int16)}) for start, part in blocks)
+    save_zarr_stream(out, stored, rows, p.num_samples, {
+        "method": p.method, "k": p.k, "lambda_dist": p.lambda_dist, "detail": p.detail,
+        "detail_fraction": p.detail_fraction, "encoding": describe_encoding(encoding)}, ROWS_PER_CHUNK)
     if not is_main():
         return
     written = open_zarr(out, "the synthesised OOD set (stage ood_synth)")

@@ -25,7 +25,7 @@ from dmr_core.training.outlier_exposure import (
     not_run,
 )
 
-from dmr_core.data.layout import id_split_path, ood_set_path, read_image_set, read_sets_index
+from dmr_core.data.layout import id_split_path, ood_set_path, open_image_set, read_image_set, read_sets_index
 from dmr_core.runtime.stage import run
 
 
@@ -35,9 +35,9 @@ def main(params: Params, datasets: Path, classifier: Path, metrics: Path) -> Non
         write_json(metrics, not_run())
         print(f"outlier exposure: not run ({not_run()['reason']})")
         return
-    test_x, test_y, _ = read_image_set(id_split_path(datasets, "test"))
+    test_x, test_y, _ = open_image_set(id_split_path(datasets, "test"))
     outliers = load_ood_set(p.oe_outliers, max_images=p.oe_max_outliers, seed=p.oe_seed, size=test_x.shape[1])
-    ood = {name: read_image_set(ood_set_path(datasets, name))[0] for name in read_sets_index(datasets)["ood_sets"]}
+    ood = {name: open_image_set(ood_set_path(datasets, name))[0] for name in read_sets_index(datasets)["ood_sets"]}
     refuse_test_images(outliers.images, {"id_test": test_x, **ood}, f"baselines.oe_outliers = {p.oe_outliers!r}")
     train_x, train_y, _ = read_image_set(id_split_path(datasets, "train"))
     model = load_classifier(classifier)

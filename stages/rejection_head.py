@@ -23,7 +23,7 @@ def main(params: Params, features: Path, ood_synth: Path, classifier: Path, out:
          curve: Path) -> None:
     p = params.head
     id_features = np.asarray(open_features(features)["id_train"][p.feature][:])
-    synth_images = np.asarray(open_zarr(ood_synth, "the synthesised OOD set (stage ood_synth)")["images"][:])
+    synth_images = open_zarr(ood_synth, "the synthesised OOD set (stage ood_synth)")["images"]
     model, classifier_sha256 = load_classifier_with_digest(classifier, params.features.layer,
                                                            params.features.max_grid)
     trained = train_head_on_images(model, id_features, synth_images, p.feature, p.to(HeadConfig),

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
@@ -180,31 +180,73 @@ def shared_output(final: str | Path) -> Iterator[Path]:
         barrier()
 
 
-def write_zarr_rows(root: Path, key: str, arrays: dict[str, np.ndarray], rows: range, n: int,
-                    rows_per_chunk: int = 4096) -> None:
-    """Write this rank's ``rows`` (of ``n``) of every array into the group ``key`` of the zarr group at ``root``,
-    as ``write_zarr_arrays`` writes whole arrays: rank 0 creates them, then each rank writes its rows, which are
-    whole chunks (``dmr_core.distributed.chunk_shard``) so that no chunk has two writers. With one process,
-    ``rows`` are all ``n`` and this is ``write_zarr_arrays``."""
+class _ChunkBuffer:
+    """Rows of one stored array, held until they complete a chunk, then written: each chunk is written once,
+    whole (or up to the array's end), so its bytes are those one write of the whole array gives."""
+
+    def __init__(self, array: zarr.Array, start: int) -> None:
+        self.array, self.start, self.parts, self.held = array, start, [], 0
+
+    def add(self, values: np.ndarray, until: int) -> None:
+        self.parts.append(values)
+        self.held += len(values)
+        step = self.array.chunks[0]
+        while self.held:
+            boundary = min(until, (self.start // step + 1) * step)
+            if self.start + self.held < boundary:
+                return
+            held = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
+            count = boundary - self.start
+            self.array[self.start:boundary] = np.ascontiguousarray(held[:count])
+            self.parts = [held[count:]] if count < len(held) else []
+            self.start, self.held = boundary, self.held - count
+
+
+def stream_zarr_rows(root: Path, key: str, blocks: Iterable[tuple[int, dict[str, np.ndarray]]], rows: range,
+                     n: int, rows_per_chunk: int = 4096) -> None:
+    """Write this rank's ``rows`` (of ``n``) of arrays computed a block at a time into the group ``key`` of the zarr
+    group at ``root``: ``blocks`` are ``(start, {name: rows from start})`` in row order, covering ``rows``; rows
+    outside them (of a batch widened by ``dmr_core.distributed.batch_aligned``) are dropped. Rank 0 creates the
+    arrays, then each rank writes its rows, whole chunks (``dmr_core.distributed.chunk_shard``) so that no chunk has
+    two writers. Rows are held only until they complete a chunk, so the writer holds at most a chunk per array, and
+    the stored bytes are those ``write_zarr_arrays`` writes of the whole arrays. Every rank of a process group calls
+    it, once per ``key``."""
     def group_of(mode: str) -> zarr.Group:
         group = zarr.open_group(str(root), mode=mode)
-        return group.require_group(key) if key else group  # "" is the root group itself
+        return group.require_group(key) if key else group
 
-    if world_size() == 1:
-        write_zarr_arrays(group_of("a"), arrays, rows_per_chunk)
-        return
-    # a rank with no rows may not know every array's row shape: the layout of a rank that has rows is the one
-    layouts = all_gather((len(rows), {name: (v.shape[1:], v.dtype.str) for name, v in arrays.items()}))
-    layout = max(layouts, key=lambda reported: (reported[0] > 0, len(reported[1])))[1]
+    def own_rows(blocks: Iterable[tuple[int, dict[str, np.ndarray]]]) -> Iterator[dict[str, np.ndarray]]:
+        at = rows.start
+        for start, arrays in blocks:
+            stop = start + len(next(iter(arrays.values())))
+            if stop <= at or start >= rows.stop:
+                continue
+            if start > at:
+                raise ValueError(f"the blocks skip rows {at}..{start - 1} of {key or 'the group'}")
+            yield {name: values[at - start:min(stop, rows.stop) - start] for name, values in arrays.items()}
+            at = min(stop, rows.stop)
+        if at < rows.stop:
+            raise ValueError(f"the blocks end at row {at} of {key or 'the group'}, before row {rows.stop}")
+
+    blocks = iter(blocks)
+    given = next(blocks, None)  # the arrays' layout, even when they have no rows
+    layout = {} if given is None else {name: (v.shape[1:], v.dtype.str) for name, v in given[1].items()}
+    stream = own_rows(itertools.chain([given], blocks)) if given is not None and len(rows) else iter(())
+    first = next(stream, None)
+    if world_size() > 1:  # a rank with no rows does not know the layout: a rank with rows does
+        layouts = all_gather((len(rows), layout))
+        layout = max(layouts, key=lambda reported: (reported[0] > 0, len(reported[1])))[1]
     if is_main():
         group = group_of("a")
         for name, (shape, dtype) in layout.items():
             _create_array(group, name, (n, *shape), np.dtype(dtype), rows_per_chunk)
     barrier()  # the arrays exist before any rank writes
-    if len(rows):
+    if first is not None:
         group = group_of("r+")
-        for name, values in arrays.items():
-            group[name][rows.start:rows.stop] = np.ascontiguousarray(values)
+        buffers = {name: _ChunkBuffer(group[name], rows.start) for name in layout}
+        for arrays in itertools.chain([first], stream):
+            for name, values in arrays.items():
+                buffers[name].add(values, rows.stop)
     barrier()
 
 
@@ -220,6 +262,14 @@ def save_zarr(
             group.attrs.update(attrs)
 
 
+def write_zarr_rows(root: Path, key: str, arrays: dict[str, np.ndarray], rows: range, n: int,
+                    rows_per_chunk: int = 4096) -> None:
+    """Write this rank's ``rows`` (of ``n``) of every array into the group ``key`` of the zarr group at ``root``,
+    as ``write_zarr_arrays`` writes whole arrays (``stream_zarr_rows`` of one block). With one process, ``rows``
+    are all ``n``."""
+    stream_zarr_rows(root, key, [(rows.start, arrays)], rows, n, rows_per_chunk)
+
+
 def save_zarr_rows(
     path: str | Path, arrays: dict[str, np.ndarray], rows: range, n: int, attrs: dict[str, Any] | None = None,
     rows_per_chunk: int = 4096,
@@ -227,10 +277,20 @@ def save_zarr_rows(
     """``save_zarr`` by every rank of a process group at once: each passes its own ``rows`` (of ``n``, whole
     chunks: ``dmr_core.distributed.chunk_shard``) of the same arrays, and the group appears once, complete. With
     one process, ``rows`` are all ``n`` and the bytes are those ``save_zarr`` writes."""
+    save_zarr_stream(path, [(rows.start, arrays)], rows, n, attrs, rows_per_chunk)
+
+
+def save_zarr_stream(
+    path: str | Path, blocks: Iterable[tuple[int, dict[str, np.ndarray]]], rows: range, n: int,
+    attrs: dict[str, Any] | None = None, rows_per_chunk: int = 4096,
+) -> None:
+    """``save_zarr`` of arrays computed a block at a time, by every rank of a process group at once
+    (``stream_zarr_rows``): the group appears once, complete, and holds the bytes ``save_zarr`` of the whole arrays
+    writes."""
     with shared_output(path) as tmp:
         if is_main():
             zarr.open_group(str(tmp), mode="w")
-        write_zarr_rows(tmp, "", arrays, rows, n, rows_per_chunk)
+        stream_zarr_rows(tmp, "", blocks, rows, n, rows_per_chunk)
         if attrs and is_main():
             zarr.open_group(str(tmp), mode="r+").attrs.update(attrs)
 

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..errors import DataError
+from ..locations import cache_dir, env_folder, is_folder
 from .encoding import JpegEncoding, dominant_encoding, jpeg_encoding_of
 from .sources import IMAGE_SIZE, Entry, Listing, decode_image, fit_image, is_archive, list_images, read_payloads
 
@@ -107,26 +108,6 @@ class ImageSet:
     encoding_share: float = 0.0
 
 
-def env_folder(variable: str) -> Path | None:
-    """The folder an environment variable names, as an absolute path (None if unset or empty).
-
-    A relative value is resolved against the working directory, which for a stage is the project root (DVC runs
-    every stage command there), so ``DMR_DATA_HOME=../shared/data`` means ``shared/data`` beside the project root;
-    made absolute once, it cannot change meaning in code that later changes directory.
-    """
-    value = os.environ.get(variable)
-    return Path(os.path.abspath(os.path.expanduser(value))) if value else None
-
-
-def is_folder(path: Path) -> bool:
-    """Whether ``path`` is a folder; False, not an error, for a value no file system can hold (a name over 255
-    bytes), as for one that is not there."""
-    try:
-        return path.is_dir()
-    except OSError:
-        return False
-
-
 def describe_env_folder(variable: str) -> str:
     """``DMR_DATA_HOME (now ../shared/data, i.e. /abs/shared/data)``: the value as typed and the folder it names,
     so that a message about a missing archive shows where it was looked for."""
@@ -163,11 +144,6 @@ def data_home() -> Path | None:
             f"archives{relative_path_hint('DMR_DATA_HOME')}"
         )
     return home
-
-
-def cache_dir() -> Path:
-    """``$DMR_CACHE`` (default ``~/.cache/dmr-pipeline``), absolute, for downloads and downloaded weights."""
-    return env_folder("DMR_CACHE") or Path.home() / ".cache" / "dmr-pipeline"
 
 
 def download_dir() -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .artifacts import open_zarr
+from .artifacts import ArtifactArray, open_zarr
 
 def id_split_path(datasets: Path, split: str) -> Path:
     """Where the data stage writes the ID ``train`` / ``test`` split inside its output folder."""
@@ -43,8 +43,16 @@ def ood_set_path(datasets: Path, name: str) -> Path:
     return datasets / "ood" / f"{name}.zarr"
 
 
+def open_image_set(path: Path) -> tuple[ArtifactArray, np.ndarray, dict]:
+    """(images uint8 N×S×S×3 as a stored array, read only where indexed or batched (``dmr_core.data.streams``),
+    labels int64, attrs) of a set written by the data stage."""
+    group = open_zarr(path, "the datasets (stage data)")
+    return group["images"], np.asarray(group["labels"][:]).astype(np.int64), dict(group.attrs)
+
+
 def read_image_set(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(images uint8 N×S×S×3, labels int64, attrs) of a set written by the data stage."""
+    """(images uint8 N×S×S×3, labels int64, attrs) of a set written by the data stage, its images read whole: for
+    training, which visits them in random order (every other reader streams them: ``open_image_set``)."""
     group = open_zarr(path, "the datasets (stage data)")
     return np.asarray(group["images"][:]), np.asarray(group["labels"][:]).astype(np.int64), dict(group.attrs)
 

@@ -14,10 +14,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
+from .streams import batches
+
+DIGEST_BATCH = 4096  # images digested per read of a stored set
 
 
 def path_relation(candidate: Path, protected: Path) -> str | None:
@@ -34,11 +38,19 @@ def path_relation(candidate: Path, protected: Path) -> str | None:
     return None
 
 
-def image_digests(images: np.ndarray) -> list[bytes]:
-    """One digest per image of a uint8 N×H×W×3 array (BLAKE2b of its bytes): equal digests are equal images, to
-    one chance in 2¹²⁸ otherwise."""
-    images = np.ascontiguousarray(images, dtype=np.uint8)
-    return [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
+def image_digests(images: Any) -> list[bytes]:
+    """One digest per image of uint8 N×H×W×3 images (an array or a stored set, read a chunk at a time; BLAKE2b of
+    its bytes): equal digests are equal images, to one chance in 2¹²⁸ otherwise."""
+    return [hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+            for batch in batches(images, DIGEST_BATCH) for image in np.ascontiguousarray(batch, dtype=np.uint8)]
+
+
+class ImageDigests:
+    """The digests of one image set, computed once for every later check against it (the data stage checks each
+    OOD set, in each of its forms, against the same ID splits)."""
+
+    def __init__(self, images: Any) -> None:
+        self.digests = frozenset(image_digests(images))
 
 
 @dataclass(frozen=True)
@@ -49,13 +61,14 @@ class Coincidence:
     per_set: dict[str, int]
 
 
-def coinciding_images(candidates: np.ndarray, test_sets: Mapping[str, np.ndarray]) -> Coincidence:
-    """The candidate images (uint8 N×H×W×3) byte-identical to an image of any of ``test_sets`` (same layout)."""
+def coinciding_images(candidates: np.ndarray, test_sets: Mapping[str, Any]) -> Coincidence:
+    """The candidate images (uint8 N×H×W×3) byte-identical to an image of any of ``test_sets`` (same layout; each
+    its images or their ``ImageDigests``)."""
     digests = image_digests(candidates)
     hit = np.zeros(len(digests), dtype=bool)
     per_set = {}
     for name, images in test_sets.items():
-        seen = set(image_digests(images))
+        seen = images.digests if isinstance(images, ImageDigests) else set(image_digests(images))
         found = np.fromiter((d in seen for d in digests), dtype=bool, count=len(digests))
         if found.any():
             per_set[name] = int(found.sum())
@@ -63,7 +76,7 @@ def coinciding_images(candidates: np.ndarray, test_sets: Mapping[str, np.ndarray
     return Coincidence(int(hit.sum()), per_set)
 
 
-def refuse_test_images(candidates: np.ndarray, test_sets: Mapping[str, np.ndarray], what: str) -> None:
+def refuse_test_images(candidates: np.ndarray, test_sets: Mapping[str, Any], what: str) -> None:
     """Raise a one-line :class:`DataError` if any candidate image is identical to a test image, naming how many
     coincide and in which sets; ``what`` names the candidates (e.g. the params key and its value)."""
     found = coinciding_images(candidates, test_sets)

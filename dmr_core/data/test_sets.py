@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -47,11 +48,12 @@ def without_repeats(image_set: ImageSet) -> ImageSet:
                                skipped=skipped)
 
 
-def refuse_shared_images(candidates: Mapping[str, np.ndarray], others: Mapping[str, np.ndarray], what: str,
+def refuse_shared_images(candidates: Mapping[str, np.ndarray], others: Mapping[str, Any], what: str,
                          remedy: str) -> None:
     """Raise a one-line :class:`DataError` if any image of ``candidates`` (one set, as several arrays that hold the
     same images in different encodings, e.g. as stored and as passed through the ID encoding) is identical to an
-    image of ``others``; ``what`` names the set, ``remedy`` says what to do."""
+    image of ``others`` (each its images, or their ``ImageDigests``); ``what`` names the set, ``remedy`` says what
+    to do."""
     hits = {form: coinciding_images(images, others) for form, images in candidates.items()}
     form, found = max(hits.items(), key=lambda item: item[1].total)
     if found.total:

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
+from ..data.streams import batches, take_rows
 from ..device import place_images, place_model, resolve_device
 from ..images import to_float_images
 from ..nets.classifier_base import Classifier
@@ -215,15 +215,17 @@ def served_detector(name: str, state: State, settings: PosthocSettings) -> Fitte
 
 
 def score_set(
-    detector: FittedDetector, representations: dict[str, np.ndarray], images: np.ndarray | None,
+    detector: FittedDetector, representations: dict[str, np.ndarray], images: Any,
     batch_size: int = 500,
 ) -> np.ndarray:
-    """Outlier scores (higher = more OOD) of one set, batched."""
+    """Outlier scores (higher = more OOD) of one set, batched; ``images`` (an array or a stored set, read a batch
+    at a time) are read only by a detector that scores images."""
     if detector.representation == "images":
         if images is None:
             raise ValueError(f"{detector.name} needs the images of the set")
-        loader = DataLoader(TensorDataset(torch.from_numpy(images)), batch_size=batch_size)
-        parts = [detector.score(to_float_images(x)).detach() for (x,) in tqdm(loader, desc=detector.name, leave=False)]
+        parts = [detector.score(to_float_images(torch.from_numpy(x))).detach()
+                 for x in tqdm(batches(images, batch_size), desc=detector.name, leave=False,
+                               total=-(-len(images) // batch_size))]
     else:
         values = representations[detector.representation]
         with torch.inference_mode():
@@ -242,13 +244,19 @@ class ScoringSet:
 
 
 class RowSelection:
-    """Rows ``rows`` of an array-like, read when first indexed (so unread when no detector needs them)."""
+    """Rows ``rows`` of an array-like, read (those rows only) when first indexed, so unread when no detector
+    needs them."""
 
     def __init__(self, array: Any, rows: np.ndarray) -> None:
-        self.array, self.rows = array, rows
+        self.array, self.rows, self._read = array, rows, None
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
     def __getitem__(self, key) -> np.ndarray:
-        return np.asarray(self.array[:])[self.rows][key]
+        if self._read is None:
+            self._read = take_rows(self.array, self.rows)
+        return self._read[key]
 
 
 def score_sets(detectors: list[FittedDetector], sets: dict[str, ScoringSet], batch_size: int
@@ -259,7 +267,7 @@ def score_sets(detectors: list[FittedDetector], sets: dict[str, ScoringSet], bat
     seconds = {d.name: 0.0 for d in detectors}
     for set_name, scoring_set in sets.items():
         representations = {r: np.asarray(scoring_set.representations[r][:]) for r in needed if r != "images"}
-        images = np.asarray(scoring_set.images[:]) if "images" in needed else None
+        images = scoring_set.images if "images" in needed else None
         for det in detectors:
             start = time.perf_counter()
             scores[det.name][set_name] = score_set(det, representations, images, batch_size)

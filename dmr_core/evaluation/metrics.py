@@ -20,8 +20,8 @@ SUMMARY_KEYS = ("near_mean", "far_mean", "near_far_mean", "mean")
 
 def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
     """AUROC, AUPR-IN, AUPR-OUT and FPR@95TPR in percent, for ID (label 0) vs OOD (label -1)."""
-    # imported here, not at the top: pytorch-ood's import (scipy, torchvision) costs seconds that the stages reading
-    # only reconstruction_error need not pay
+    # imported here, not at the top: pytorch-ood's import (scipy, torchvision) costs seconds that the stages using
+    # only the other helpers need not pay
     from pytorch_ood.metrics import OODMetrics
 
     metrics = OODMetrics()
@@ -72,8 +72,3 @@ def roc_points(id_scores: np.ndarray, ood_scores: np.ndarray, max_points: int = 
         fpr, tpr = fpr[keep], tpr[keep]
     return fpr, tpr
 
-
-def reconstruction_error(images: np.ndarray, reconstructions: np.ndarray) -> tuple[float, float]:
-    """(mean squared error on [0, 1] pixels, PSNR in dB) of uint8 reconstructions of uint8 images."""
-    mse = float(np.mean((reconstructions.astype(np.float64) - images) ** 2) / 255.0**2)
-    return mse, float(10 * np.log10(1.0 / mse))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError, ParamsError
+from ..locations import cache_dir, env_folder, is_file
 from .checkpoints import load_checkpoint, load_checkpoint_with_digest, load_state_dict_checked, save_checkpoint
 from .cifar_nets import RESNET_DEPTHS, CifarResNet, DenseNetBC, WideResNet, cifar_densenet121, cifar_resnet50
 from .classifier_base import AUTO_LAYER, IMAGE_MEAN, IMAGE_STD, Classifier
@@ -113,20 +113,6 @@ def architecture_layout(arch: str) -> ArchitectureLayout:
                               model.classifier_head().in_features, model.stage_layers())
 
 
-def _env_folder(variable: str) -> Path | None:
-    """The folder an environment variable names, made absolute against the working directory (a stage's is the
-    project root), as ``dmr_core.data.datasets.env_folder`` does; None if unset."""
-    value = os.environ.get(variable)
-    return Path(os.path.abspath(os.path.expanduser(value))) if value else None
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:  # a name no file system can hold (over 255 bytes) names no file
-        return False
-
-
 def pretrained_path(arch: str) -> Path:
     """Locate (or download) the pretrained CIFAR-10 weights for ``arch`` and verify their hash prefix.
 
@@ -139,14 +125,14 @@ def pretrained_path(arch: str) -> Path:
     name = PRETRAINED_FILES[arch]
     hash_prefix = name.rsplit("-", 1)[1].split(".")[0]
     candidates = []
-    if model_home := _env_folder("DMR_MODEL_HOME"):
+    if model_home := env_folder("DMR_MODEL_HOME"):
         candidates.append(model_home / name)
-    if data_home := _env_folder("DMR_DATA_HOME"):
+    if data_home := env_folder("DMR_DATA_HOME"):
         candidates.append(data_home.parent / "models" / name)
-    cache = (_env_folder("DMR_CACHE") or Path.home() / ".cache" / "dmr-pipeline") / "models"
+    cache = cache_dir() / "models"
     candidates.append(cache / name)
     for path in candidates:
-        if _is_file(path):
+        if is_file(path):
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             if not digest.startswith(hash_prefix):
                 raise CheckpointError(f"{path} has sha256 {digest[:8]}…, expected {hash_prefix}…: the file is corrupt; replace it")

@@ -11,7 +11,7 @@ one generator; ``external_generator`` wraps a user's pretrained one.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as nnf
 from tqdm import tqdm
 
+from ..data.streams import row_batches
 from ..device import autocast, batch_loader, resolve_device
 from ..errors import CheckpointError
 from ..images import downsampling_ladder, to_float_images, to_uint8_images
@@ -273,21 +274,23 @@ def model_device(model: Generator) -> torch.device:
     return torch.device("cpu")
 
 
-def encode_images(model: Generator, images: np.ndarray, batch_size: int = 512,
+def encode_images(model: Generator, images: Any, batch_size: int = 512,
                   device: torch.device | None = None, labels: np.ndarray | None = None) -> np.ndarray:
-    """w = E(x) for uint8 N×S×S×3 images (S the generator's image size), as float32; ``labels`` (the images'
-    classes) are passed to a class-conditional generator, whose latent depends on the class (w = M(E(x), y))."""
+    """w = E(x) for uint8 N×S×S×3 images (S the generator's image size; an array or a stored set, read a batch
+    at a time), as float32; ``labels`` (the images' classes) are passed to a class-conditional generator, whose
+    latent depends on the class (w = M(E(x), y))."""
     device = device or resolve_device()
     model.to(device)  # outside inference mode, so a model still in training keeps trainable weights
-    tensors = [torch.from_numpy(images)]
-    if getattr(model, "conditional", False):
-        if labels is None:
-            raise ValueError("a class-conditional generator encodes images with their classes: pass labels")
-        tensors.append(torch.from_numpy(np.asarray(labels).astype(np.int64)))
-    loader = batch_loader(*tensors, batch_size=batch_size)
+    conditional = getattr(model, "conditional", False)
+    if conditional and labels is None:
+        raise ValueError("a class-conditional generator encodes images with their classes: pass labels")
+    classes = torch.from_numpy(np.asarray(labels).astype(np.int64)) if conditional else None
+    out = []
     with torch.inference_mode(), autocast(device):
-        out = [model.encode(to_float_images(x.to(device)), *(y.to(device) for y in rest)).float().cpu()
-               for x, *rest in tqdm(loader, desc="encode", leave=False)]
+        for start, batch in tqdm(row_batches(images, batch_size), desc="encode", leave=False,
+                                 total=-(-len(images) // batch_size), disable=len(images) <= batch_size):
+            extra = () if classes is None else (classes[start:start + len(batch)].to(device),)
+            out.append(model.encode(to_float_images(torch.from_numpy(batch).to(device)), *extra).float().cpu())
     return torch.cat(out).numpy()
 
 
@@ -349,7 +352,8 @@ def decode_to_images(model: Generator, latents: np.ndarray, batch_size: int = 51
     size = image_size if image_size is not None else getattr(model, "image_size", 32)
     model.to(resolve_device())
     out = np.empty((len(latents), size, size, 3), np.uint8)
-    for start in tqdm(range(0, len(latents), batch_size), desc="decode", leave=False):
+    for start in tqdm(range(0, len(latents), batch_size), desc="decode", leave=False,
+                      disable=len(latents) <= batch_size):
         batch = torch.from_numpy(latents[start:start + batch_size])
         decoded = decode_latents(model, batch)
         if decoded.shape != (len(batch), 3, size, size):
@@ -359,6 +363,18 @@ def decode_to_images(model: Generator, latents: np.ndarray, batch_size: int = 51
     return out
 
 
-def reconstruct(model: Generator, images: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
-    """G(E(x)) of uint8 images, as uint8 (``labels`` for a class-conditional generator)."""
-    return decode_to_images(model, encode_images(model, images, labels=labels), batch_size=len(images) or 1)
+def reconstruction_summary(model: Generator, images: Any, labels: np.ndarray | None = None,
+                           show: np.ndarray | None = None, batch_size: int = 512) -> tuple[float, float, np.ndarray]:
+    """(mean squared error on [0, 1] pixels, PSNR in dB, G(E(x)) of the rows ``show`` as uint8) of uint8 images (an
+    array or a stored set) reconstructed a batch at a time (``labels`` for a class-conditional generator)."""
+    show = np.zeros(0, np.int64) if show is None else np.asarray(show, np.int64)
+    squared, count, shown = 0.0, 0, np.zeros((len(show), *images.shape[1:]), np.uint8)
+    for start, batch in row_batches(images, batch_size):
+        classes = None if labels is None else np.asarray(labels)[start:start + len(batch)]
+        recon = decode_to_images(model, encode_images(model, batch, batch_size, labels=classes), batch_size)
+        squared += float(np.sum((recon.astype(np.float64) - batch) ** 2))
+        count += batch.size
+        inside = (show >= start) & (show < start + len(batch))
+        shown[inside] = recon[show[inside] - start]
+    mse = squared / max(count, 1) / 255.0**2
+    return mse, float(10 * np.log10(1.0 / mse)) if mse > 0 else float("inf"), shown

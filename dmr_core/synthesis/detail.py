@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.streams import take_rows
 from ..nets.generator import Generator, decode_to_images, encode_images
 from .latent_mixing import mix_latents
 
@@ -81,11 +82,14 @@ def add_source_detail(
     chosen = chosen[(chosen >= rows.start) & (chosen < rows.stop)]
     if not len(chosen):
         return images
-    residuals, residual_means = np.asarray(residuals[:]), np.asarray(residual_means[:])
+    # only the residuals of these rows' sources are read (a streamed block's, or every one for the whole set)
+    needed = np.unique(sources[chosen])
+    residuals, residual_means = take_rows(residuals, needed), np.asarray(residual_means[:])
     for start in range(0, len(chosen), batch_size):  # in batches: n × k residuals would not fit comfortably
         picked_rows = chosen[start:start + batch_size]
         picked = sources[picked_rows]
-        detail = DETAIL_MIXES[kind](residuals[picked], residual_means[labels[picked]], lambdas[picked_rows], method)
+        detail = DETAIL_MIXES[kind](residuals[np.searchsorted(needed, picked)], residual_means[labels[picked]],
+                                    lambdas[picked_rows], method)
         at = picked_rows - rows.start
         images[at] = add_detail(images[at], detail)
     return images

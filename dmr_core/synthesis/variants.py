@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.streams import take_rows
 from .kirby import class_activation_maps, erase_and_inpaint
 from .latent_mixing import class_means, sample_sources, synthesize_latents
 from .mim import pixel_mixup
@@ -100,22 +101,22 @@ def mim(sources: SynthesisSources, config: VariantConfig) -> np.ndarray:
 def kirby(sources: SynthesisSources, config: VariantConfig) -> np.ndarray:
     """KIRBY: a seeded subset of the ID images with what F attends to (its CAM for the predicted class) erased
     and inpainted."""
-    images = np.asarray(sources.images[:])
-    chosen = np.sort(np.random.default_rng(config.seed).permutation(len(images))[: config.num_samples])
-    feature_maps = torch.from_numpy(np.asarray(sources.feature_maps[:])[chosen]).float()
-    predicted = torch.from_numpy(np.asarray(sources.logits[:])[chosen]).argmax(1)
+    chosen = np.sort(np.random.default_rng(config.seed).permutation(len(sources.labels))[: config.num_samples])
+    images = take_rows(sources.images, chosen)
+    feature_maps = torch.from_numpy(take_rows(sources.feature_maps, chosen)).float()
+    predicted = torch.from_numpy(take_rows(sources.logits, chosen)).argmax(1)
     cams = class_activation_maps(feature_maps, sources.class_weights, predicted, size=images.shape[1]).numpy()
-    return erase_and_inpaint(images[chosen], cams, config.kirby_threshold)
+    return erase_and_inpaint(images, cams, config.kirby_threshold)
 
 
 def saliency_shuffle(sources: SynthesisSources, config: VariantConfig) -> np.ndarray:
     """ASCOOD's outliers: a seeded subset of the ID images, each with the pixels its true class's gradient marks
     most shuffled among themselves (:mod:`.saliency_shuffle`)."""
-    images = np.asarray(sources.images[:])
     rng = np.random.default_rng(config.seed)
-    chosen = np.sort(rng.permutation(len(images))[: config.num_samples])
-    saliency = input_saliency(sources.classifier, images[chosen], np.asarray(sources.labels)[chosen])
-    return shuffle_salient_pixels(images[chosen], saliency, config.saliency_share, rng)
+    chosen = np.sort(rng.permutation(len(sources.labels))[: config.num_samples])
+    images = take_rows(sources.images, chosen)
+    saliency = input_saliency(sources.classifier, images, np.asarray(sources.labels)[chosen])
+    return shuffle_salient_pixels(images, saliency, config.saliency_share, rng)
 
 
 def dmr_kirby(sources: SynthesisSources, config: VariantConfig) -> np.ndarray:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as nnf
 
+from ..data.streams import batches
 from ..device import autocast, batch_loader, place_images, place_model, resolve_device
 from ..images import to_float_images
 from ..nets.classifier_base import Classifier
@@ -76,16 +78,17 @@ def train_classifier(
     return history if history.accuracy is not None else History(history.loss, [])
 
 
-def predict_logits(model: Classifier, images: np.ndarray, batch_size: int = 500,
+def predict_logits(model: Classifier, images: Any, batch_size: int = 500,
                    device: torch.device | None = None) -> torch.Tensor:
+    """F's logits of uint8 N×S×S×3 images (an array or a stored set, read a batch at a time)."""
     device = device or resolve_device()
     place_model(model, device).eval()  # outside inference mode: the weights must stay trainable
     with torch.inference_mode(), autocast(device):
-        return torch.cat([model(place_images(to_float_images(x), device)).float().cpu()
-                          for (x,) in batch_loader(torch.from_numpy(images), batch_size=batch_size)])
+        return torch.cat([model(place_images(to_float_images(torch.from_numpy(x)), device)).float().cpu()
+                          for x in batches(images, batch_size)])
 
 
-def accuracy(model: Classifier, images: np.ndarray, labels: np.ndarray, batch_size: int = 500) -> float:
+def accuracy(model: Classifier, images: Any, labels: np.ndarray, batch_size: int = 500) -> float:
     """Top-1 accuracy in percent."""
     preds = predict_logits(model, images, batch_size).argmax(1).numpy()
     return float((preds == labels).mean() * 100.0)

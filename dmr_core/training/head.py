@@ -4,11 +4,13 @@ features of synthesised OOD images (target 1), with the classifier F frozen (pap
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch.nn import functional as nnf
 
+from ..data.streams import take_rows
 from ..device import autocast, batch_loader, resolve_device
 from ..distributed import split_over_ranks
 from ..nets.classifier_base import Classifier
@@ -80,10 +82,11 @@ class TrainedHead:
 
 
 def train_head_on_images(
-    classifier: Classifier, id_features: np.ndarray, synth_images: np.ndarray, feature: str,
+    classifier: Classifier, id_features: np.ndarray, synth_images: Any, feature: str,
     config: HeadConfig, batch_size: int = 500,
 ) -> TrainedHead:
-    """F's ``feature`` representation of the synthesised images (uint8 N×S×S×3), or of the ``synth_keep`` share
+    """F's ``feature`` representation of the synthesised images (uint8 N×S×S×3: an array or a stored set, read a
+    batch at a time), or of the ``synth_keep`` share
     F is most confident on (:mod:`..synthesis.selection`), then B trained on the ID training features (the same
     representation) against it: what DMR and every synthesis baseline share. Under
     torchrun the images go through F split over the ranks, each rank getting every feature back."""
@@ -91,7 +94,7 @@ def train_head_on_images(
         confidence = split_over_ranks(
             lambda images: max_softmax(extract_features(classifier, images, batch_size, desc="synth confidence")
                                        ["logits"]), batch_size)(synth_images)
-        synth_images = synth_images[most_confident(confidence, config.synth_keep)]
+        synth_images = take_rows(synth_images, most_confident(confidence, config.synth_keep))
     synth_features = split_over_ranks(
         lambda images: extract_features(classifier, images, batch_size, desc="synth features")[feature],
         batch_size)(synth_images)

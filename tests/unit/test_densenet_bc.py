@@ -18,8 +18,10 @@ CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 def offline_file(name: str, folder: str) -> Path | None:
     home = os.environ.get("DMR_DATA_HOME")
-    path = Path(home).resolve().parent / folder / name if folder == "models" else Path(home or "") / name
-    return path if home and path.is_file() else None
+    if not home:
+        return None
+    path = Path(home).resolve().parent / folder / name if folder == "models" else Path(home) / name
+    return path if path.is_file() else None
 
 
 def test_the_architecture_is_densenet_bc_100():
