@@ -243,7 +243,9 @@ def stream_zarr_rows(root: Path, key: str, blocks: Iterable[tuple[int, dict[str,
     barrier()  # the arrays exist before any rank writes
     if first is not None:
         group = group_of("r+")
-        buffers = {name: _ChunkBuffer(group[name], rows.start) for name in layout}
+        # the store-every-chunk setting is the array object's, not its metadata's: a reopened array needs it again,
+        # or a chunk equal to the fill value (a class's run of label 0) would not be written
+        buffers = {name: _ChunkBuffer(group[name].with_config(STORE_EVERY_CHUNK), rows.start) for name in layout}
         for arrays in itertools.chain([first], stream):
             for name, values in arrays.items():
                 buffers[name].add(values, rows.stop)

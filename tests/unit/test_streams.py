@@ -115,6 +115,13 @@ def test_a_streamed_write_stores_the_bytes_of_a_whole_write(tmp_path, block):
     assert _stored_files(tmp_path / "streamed.zarr") == _stored_files(tmp_path / "whole.zarr")
 
 
+def test_a_streamed_write_stores_a_chunk_equal_to_the_fill_value(tmp_path):
+    """A class-sorted set's labels start with a chunk of zeros: it must be stored, or the artifact is damaged."""
+    labels = np.repeat(np.arange(3, dtype=np.int16), 8)
+    save_zarr_stream(tmp_path / "a.zarr", [(0, {"labels": labels})], range(24), 24, rows_per_chunk=8)
+    np.testing.assert_array_equal(open_zarr(tmp_path / "a.zarr", "a")["labels"][:], labels)
+
+
 def test_a_streamed_write_drops_rows_outside_its_share_and_refuses_a_gap(tmp_path):
     values = np.arange(20)
     # a rank's rows 8..15, computed in batches of 6 widened to whole batches (6..17)
